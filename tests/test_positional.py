@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from perceiver_edu import FourierPositionEncoding, LearnedPositionEncoding, fourier_features
+
+
+def reference_features(shape, num_bands, max_resolution):
+    """The paper's formula evaluated point by point with Python's math module."""
+    import itertools
+    rows = []
+    for index in itertools.product(*[range(n) for n in shape]):
+        x = [-1.0 + 2.0 * i / (n - 1) if n > 1 else -1.0 for i, n in zip(index, shape)]
+        sines, cosines = [], []
+        for d, mu in enumerate(max_resolution):
+            for k in range(num_bands):
+                f = 1.0 + k * (mu / 2 - 1.0) / (num_bands - 1) if num_bands > 1 else 1.0
+                sines.append(math.sin(math.pi * f * x[d]))
+                cosines.append(math.cos(math.pi * f * x[d]))
+        rows.append(x + sines + cosines)
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape,bands,mu", [((7,), 4, (7,)), ((5, 6), 3, (10, 12)), ((3, 4, 5), 2, (3, 4, 5)),
+                                            ((32, 32), 16, (32, 32))])
+def test_fourier_features_match_the_formula(shape, bands, mu):
+    got = fourier_features(shape, bands, mu, dtype=torch.float64)
+    assert got.shape == (math.prod(shape), len(shape) * (2 * bands + 1))
+    torch.testing.assert_close(got, reference_features(shape, bands, mu), atol=1e-9, rtol=0)
+
+
+def test_fourier_defaults_and_extremes():
+    feats = fourier_features((9, 9), num_bands=4)  # mu defaults to the grid size
+    torch.testing.assert_close(feats, fourier_features((9, 9), 4, 9))
+    # corners are at -1 and +1 exactly, and rows are in row-major grid order
+    assert feats[0, :2].tolist() == [-1.0, -1.0] and feats[-1, :2].tolist() == [1.0, 1.0]
+    assert feats[1, :2].tolist() == [-1.0, -0.75]
+    assert feats.abs().max() <= 1.0
+
+
+def test_fourier_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max_resolution"):
+        fourier_features((4, 4), 2, (4,))
+    with pytest.raises(ValueError, match="num_bands"):
+        fourier_features((4, 4), 0)
+
+
+def test_position_encoding_modules():
+    fourier = FourierPositionEncoding((4, 5), 3)
+    assert fourier().shape == (20, 14) and fourier.dim == 14
+    assert not list(fourier.parameters())
+    learned = LearnedPositionEncoding(20, 8)
+    values = learned()
+    assert values.shape == (20, 8) and values.requires_grad
+    assert values.abs().max() <= 0.04 + 1e-7  # truncated at two standard deviations
