@@ -150,9 +150,10 @@ class PerceiverConfig:
 
 
 PRESETS = {
-    # The seed reproduction: 128 x 256 latents, one cross-attend, 4 self-attention layers.
+    # The seed reproduction's size: 128 x 256 latents, one cross-attend, 4 self-attention layers.
+    # Keys and values stay at the input's own width (69 channels), as in DeepMind's code.
     "seed": PerceiverConfig(
-        name="seed", num_latents=128, latent_dim=256, cross_qk_dim=256, cross_widening=4,
+        name="seed", num_latents=128, latent_dim=256, cross_widening=4,
         num_cross_attends=1, self_attends_per_block=4, latent_heads=8, latent_widening=4, num_bands=16),
     # Small enough to learn CIFAR-10 in minutes on two CPU cores (tuned with benchmarks/).
     "cpu": PerceiverConfig(
