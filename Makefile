@@ -1,0 +1,121 @@
+# perceiver-edu. The README's two commands are `make test` and `make book`; both set themselves up
+# on a fresh machine: a virtualenv in .venv with requirements.txt and this package installed
+# (re-installed when requirements.txt or pyproject.toml change), the offline JavaScript from npm,
+# and for the tests Chromium (Debian package) and the offline CIFAR-10 copy when ../shared is there.
+#
+#   make test        unit tests, browser test, and nbval on every notebook (strict, sanitised)
+#   make book        build _build/html from the stored outputs; warnings are errors; no page may
+#                    load anything from another host
+#   make notebooks   re-execute every notebook in place on the CPU, in reading order
+#   make clean       remove _build;  make distclean: also .venv and .vendor
+#
+# Variables: TOC=path/to/toc.yml (book, notebooks), NB_TIMEOUT=seconds per notebook,
+#            PYTHON_BASE=python used to create .venv, PERCEIVER_EDU_DATA=prepared CIFAR-10 folder.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON_BASE := $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+VENV        := .venv
+PY          := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.perceiver-edu-installed
+VENDOR      := .vendor
+VENDOR_STAMP := $(VENDOR)/static/.complete
+BUILD       := _build
+TOC         ?= _toc.yml
+NB_TIMEOUT  ?= 900
+CHROMIUM    ?= /usr/bin/chromium
+SHARED_DATA ?= ../shared/data
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PERCEIVER_EDU_CHROMIUM := $(CHROMIUM)
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+# Notebook execution and nbval run on the CPU whatever the machine has, so that stored and fresh
+# outputs are produced alike.
+CPU_ENV := CUDA_VISIBLE_DEVICES= PERCEIVER_EDU_DEVICE=cpu
+
+# Offline CIFAR-10: when the caller has not chosen a folder and ../shared/data is beside the
+# repository (our machines and CI), prepare the shared copy once in a folder of its own and use it.
+ifeq ($(origin PERCEIVER_EDU_DATA),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/prepare_cifar10.py),)
+PERCEIVER_EDU_DATA := $(HOME)/.cache/perceiver_edu/shared-cifar10
+export PERCEIVER_EDU_DATA
+AUTO_DATA := 1
+endif
+endif
+
+.PHONY: help setup vendor chromium data test notebooks book clean distclean
+
+help:
+	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------------------------------------
+# set-up
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): requirements.txt pyproject.toml
+	@if [ -z "$(PYTHON_BASE)" ]; then echo "No python3 found: install Python 3.10+ (3.11 is tested)." >&2; exit 1; fi
+	@if [ ! -x $(PY) ]; then echo "creating $(VENV) with $(PYTHON_BASE)"; $(PYTHON_BASE) -m venv $(VENV); fi
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e .
+	@touch $@
+
+vendor: $(VENDOR_STAMP)
+
+$(VENDOR_STAMP): tools/vendor_assets.py | $(SETUP_STAMP)
+	$(PY) tools/vendor_assets.py $(VENDOR)
+
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+	  echo "The browser test needs Chromium at $(CHROMIUM)." >&2; \
+	  echo "Install it (Debian/Ubuntu: sudo apt-get install -y chromium), or point to one with" >&2; \
+	  echo "  make test CHROMIUM=/path/to/chromium" >&2; \
+	  exit 1; \
+	fi
+
+data: | $(SETUP_STAMP)
+ifdef AUTO_DATA
+	$(PY) $(SHARED_DATA)/prepare_cifar10.py $(PERCEIVER_EDU_DATA)
+endif
+
+# ---------------------------------------------------------------------------------------------
+# the two README commands, and the notebook runner
+
+# pytest exits 5 when it collects nothing (e.g. before the first notebook exists): that alone is
+# not a failure. Both suites run even if the first fails; make fails if either did.
+test: setup vendor chromium data
+	@status=0; \
+	rc=0; $(PY) -m pytest tests || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "pytest tests: no tests collected"; elif [ $$rc != 0 ]; then status=$$rc; fi; \
+	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+	  rc=0; $(CPU_ENV) $(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks || rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "nbval: no notebook cells collected"; elif [ $$rc != 0 ]; then status=$$rc; fi; \
+	else \
+	  echo "nbval: no notebooks in notebooks/ yet"; \
+	fi; \
+	exit $$status
+
+notebooks: setup data
+	$(CPU_ENV) $(PY) tools/run_notebooks.py --toc $(TOC) --timeout $(NB_TIMEOUT)
+
+book: setup vendor
+	$(PY) tools/toc.py check $(TOC)
+	@start=$$(date +%s); \
+	$(VENV)/bin/jupyter-book build . --toc $(TOC) --all -W -n --keep-going; \
+	echo "book built in $$(( $$(date +%s) - start )) s: $(BUILD)/html/index.html"
+	$(PY) tools/check_offline_html.py $(BUILD)/html
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV) $(VENDOR)

@@ -1,0 +1,157 @@
+"""Chapter 7's static attention explorer, in the built page, in headless Chromium: no kernel, no network.
+
+The test builds a one-page Jupyter Book in a temporary folder (the project's _config.yml and
+Sphinx extension, chapter 7 as stored in git, the vendored JavaScript from .vendor), serves it on
+127.0.0.1 and drives it with Playwright and Debian's Chromium (no browser download).
+
+Needs: the vendored JS (`make vendor`), Chromium at $PERCEIVER_EDU_CHROMIUM or /usr/bin/chromium
+(`apt-get install -y chromium`; `make test` installs both).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTER = ROOT / "notebooks" / "07_attention_maps.ipynb"
+CHROMIUM = os.environ.get("PERCEIVER_EDU_CHROMIUM", "/usr/bin/chromium")
+VENDOR = Path(os.environ.get("PERCEIVER_EDU_VENDOR") or ROOT / ".vendor")
+EXPLORER = ".perceiver-static-explorer"
+LOCAL_SCHEMES = ("data", "blob", "about")
+
+
+@pytest.fixture(scope="module")
+def chapter_site(tmp_path_factory) -> Path:
+    if not (VENDOR / "static" / ".complete").is_file():
+        pytest.fail(f"the offline JavaScript is not in {VENDOR}: run `make vendor` "
+                    f"(or `python tools/vendor_assets.py`) first")
+    source = tmp_path_factory.mktemp("chapter7-book")
+    shutil.copy(ROOT / "_config.yml", source)
+    shutil.copytree(ROOT / "tools", source / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "book", source / "book")  # references.bib (named by _config.yml), references.md
+    (source / "notebooks").mkdir()
+    shutil.copy(CHAPTER, source / "notebooks")
+    # the chapter cites papers, so the page with the {bibliography} directive comes along
+    (source / "_toc.yml").write_text("format: jb-book\nroot: notebooks/07_attention_maps\n"
+                                     "chapters:\n  - file: book/references\n")
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(source), "--all", "-W", "-n", "--keep-going"],
+        env={**os.environ, "PERCEIVER_EDU_VENDOR": str(VENDOR), "NO_COLOR": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    page = source / "_build" / "html" / "notebooks" / "07_attention_maps.html"
+    assert page.is_file(), sorted(p.name for p in (source / "_build" / "html").rglob("*.html"))
+    return source / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def server(chapter_site):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(chapter_site)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _is_local(url: str) -> bool:
+    parts = urlparse(url)
+    return parts.scheme in LOCAL_SCHEMES or parts.hostname == "127.0.0.1"
+
+
+def _shown_image(explorer) -> tuple[str, str]:
+    """(src, sha256 of the bytes) of the one image the explorer shows now."""
+    image = explorer.locator("img:visible")
+    assert image.count() == 1, f"expected one visible image, found {image.count()}"
+    digest = image.evaluate("""async (img) => {
+        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+        const hash = await crypto.subtle.digest('SHA-256', bytes);
+        return [img.naturalWidth, Array.from(new Uint8Array(hash)).map(b => b.toString(16).padStart(2, '0')).join('')];
+    }""")
+    assert digest[0] > 0, "the image did not decode"
+    return image.get_attribute("src"), digest[1]
+
+
+def _wait_for_change(page, explorer, before, what):
+    for _ in range(50):
+        now = _shown_image(explorer)
+        if now[1] != before[1]:
+            return now
+        page.wait_for_timeout(100)
+    pytest.fail(f"choosing another {what} did not change the image shown")
+
+
+def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, tmp_path):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium`, or set "
+                    f"PERCEIVER_EDU_CHROMIUM (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    requests, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+
+        def route(route_):
+            requests.append(route_.request.url)
+            return route_.continue_() if _is_local(route_.request.url) else route_.abort()
+
+        context.route("**/*", route)
+        page = context.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{server}/notebooks/07_attention_maps.html", wait_until="load")
+
+        explorer = page.locator(EXPLORER)
+        explorer.wait_for(state="visible", timeout=60_000)
+        assert explorer.count() == 1
+        explorer.scroll_into_view_if_needed()
+        first = _shown_image(explorer)
+
+        select = explorer.locator("select")
+        options = select.locator("option")
+        assert options.count() >= 2
+        select.select_option(index=options.count() - 1)
+        second = _wait_for_change(page, explorer, first, "image")
+        assert second[0] != first[0]
+
+        handle = explorer.locator(".noUi-handle")
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+        third = _wait_for_change(page, explorer, second, "latent")
+
+        select.select_option(index=0)
+        back = _wait_for_change(page, explorer, third, "image")
+        assert back[1] != first[1], "the latent slider should still apply after switching images"
+
+        shot = tmp_path / "chapter7_explorer.png"
+        explorer.screenshot(path=str(shot))
+        page.screenshot(path=str(tmp_path / "chapter7_page.png"), full_page=False)
+        keep = os.environ.get("PERCEIVER_EDU_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+            shutil.copy(tmp_path / "chapter7_page.png", Path(keep) / "chapter7_page.png")
+        browser.close()
+
+    assert requests, "no requests were recorded"
+    outside = sorted({url for url in requests if not _is_local(url)})
+    assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert hashlib.sha256(shot.read_bytes()).hexdigest()  # the screenshot was written
