@@ -30,12 +30,12 @@ CHROMIUM    ?= /usr/bin/chromium
 SHARED_DATA ?= ../shared/data
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export PERCEIVER_EDU_CHROMIUM := $(CHROMIUM)
-export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export PERCEIVER_EDU_CHROMIUM := $(CHROMIUM)# read by tests/test_browser.py
+export PYDEVD_DISABLE_FILE_VALIDATION := 1# silences the kernels' "frozen modules" debugger warning
 
 # Notebook execution and nbval run on the CPU whatever the machine has, so that stored and fresh
 # outputs are produced alike.
-CPU_ENV := CUDA_VISIBLE_DEVICES= PERCEIVER_EDU_DEVICE=cpu
+CPU_ENV := CUDA_VISIBLE_DEVICES= PERCEIVER_EDU_DEVICE=cpu PYTHONHASHSEED=0
 
 # Offline CIFAR-10: when the caller has not chosen a folder and ../shared/data is beside the
 # repository (our machines and CI), prepare the shared copy once in a folder of its own and use it.

@@ -61,7 +61,7 @@ def attention_panels(image, attention_map, scale: int = 4, alpha: float = 0.85, 
     """(H*scale, ...) RGB array: the image, the map alone and the map over the image, side by side.
 
     The map is coloured relative to its own maximum (see `visualize.overlay_rgb`); `pixel` (y, x) draws a
-    cyan cross on the image.
+    cyan cross on the image and overlay panels.
     """
     picture = image_hwc(image)                                          # (H, W, 3)
     heat = upsample_map(attention_map, picture.shape[:2])               # (H, W)
@@ -70,7 +70,7 @@ def attention_panels(image, attention_map, scale: int = 4, alpha: float = 0.85, 
     out = []
     for name in panels:
         big = choices[name].repeat(scale, axis=0).repeat(scale, axis=1).copy()
-        if pixel is not None and name == "image":
+        if pixel is not None and name in ("image", "overlay"):
             y, x = (int(p) * scale + scale // 2 for p in pixel)
             big[y, max(x - 2 * scale, 0):x + 2 * scale + 1] = (0, 1, 1)
             big[max(y - 2 * scale, 0):y + 2 * scale + 1, x] = (0, 1, 1)
@@ -212,6 +212,7 @@ class AttentionExplorer:
         matches = order[self.labels[order] == wanted]
         if len(matches):
             self.index.value = int(matches[0])
+        self.class_picker.value = -1  # back to "(any)", so picking the same class again finds the next one
 
 
 # Static explorer -------------------------------------------------------------------------------

@@ -435,8 +435,9 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
                                 lr=f"{schedule.lr:.2e}", refresh=False)
             bar.update(1)
         bar.close()
-        if seen == 0:
-            break  # the budget ran out before this epoch began
+        if seen == 0:  # the budget ran out before this epoch began
+            finished = True
+            break
         epoch += 1
         finished = stopped_early or epoch >= tc.epochs
         record = {"epoch": epoch, "fraction": seen / (steps_per_epoch * tc.batch_size),
@@ -459,7 +460,7 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
             save_seconds = time.perf_counter() - began
 
     if not history or history[-1]["test_acc"] is None:
-        # Resumed a finished run, or the budget ran out between epochs: evaluate once more.
+        # The budget ran out between two epochs whose last was not evaluated (or before the first).
         test_loss, test_acc = evaluate_test()
         if history:
             history[-1]["test_loss"], history[-1]["test_acc"] = test_loss, test_acc
@@ -468,6 +469,8 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
                             "test_loss": test_loss, "test_acc": test_acc, "lr": schedule.lr, "img_per_s": None,
                             "images_seen": 0, "epoch_seconds": 0.0,
                             "elapsed_seconds": time.perf_counter() - start_time})
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, checkpoint_state())
     model.eval()
     return model, history
 
@@ -534,6 +537,10 @@ def main(argv=None) -> float:
                                progress=not args.no_progress, log=print)
     except (NonFiniteLossError, CheckpointMismatchError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        where = (f"continue with the same command plus --resume (checkpoint: {args.checkpoint_dir})"
+                 if args.checkpoint_dir else "use --checkpoint-dir D to be able to --resume")
+        sys.exit(f"interrupted; {where}")
     final = history[-1]
     print(f"trained {sum(h['fraction'] for h in history):.2f} epochs in {time.perf_counter() - start_time:.1f} s "
           f"(budget {args.time_budget or 'none'})")

@@ -1,5 +1,6 @@
 """The live explorer's callbacks (driven from Python), the static explorer's payload, the shipped checkpoint."""
 import dataclasses
+import sys
 
 import matplotlib
 
@@ -64,6 +65,8 @@ def test_live_explorer_callbacks_change_the_image(two_head_model):
     assert "true <b>class5</b>" in explorer.info.value
     explorer.class_picker.value = 3                           # next image of class 3 after #2
     assert explorer.index.value == 3
+    explorer.class_picker.value = 3                           # again: the next one, wrapping around
+    assert explorer.index.value == 1 and explorer.class_picker.value == -1
     explorer.class_picker.value = 7
     assert explorer.index.value == 4
     assert "live" in explorer._repr_mimebundle_()["text/plain"]
@@ -138,3 +141,21 @@ def test_the_shipped_checkpoint_matches_its_recorded_sha256():
     model, info = load_pretrained("cpu-cifar10")
     assert model.config.name == "cpu" and info["history"][-1]["test_acc"] > 0.4
     assert PRETRAINED["cpu-cifar10"]["command"].startswith("python -m perceiver_edu.train")
+
+
+def test_colab_widget_manager_is_enabled_only_in_colab(monkeypatch):
+    from types import ModuleType
+
+    from perceiver_edu.explorer import enable_colab_widgets
+
+    assert enable_colab_widgets() is False  # not in Colab: nothing to do
+    calls = []
+    colab, output = ModuleType("google.colab"), ModuleType("google.colab.output")
+    output.enable_custom_widget_manager = lambda: calls.append("enabled")
+    colab.output = output
+    google = ModuleType("google")
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    assert enable_colab_widgets() is True and calls == ["enabled"]

@@ -69,7 +69,7 @@ def main() -> int:
 
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["PERCEIVER_EDU_DEVICE"] = "cpu"
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    os.environ["PYTHONHASHSEED"] = "0"  # same as `make test` (nbval)
 
     if args.one:
         execute_one(args.one, args.timeout)
