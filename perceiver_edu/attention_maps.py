@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .model import Perceiver
 
@@ -75,13 +74,6 @@ def to_grid(weights: torch.Tensor, grid) -> torch.Tensor:
         raise ValueError(f"the last axis has {weights.shape[-1]} entries but the grid {tuple(grid)} "
                          f"has {height * width}; pass the model's config.grid")
     return weights.reshape(*weights.shape[:-1], height, width)
-
-
-def upsample(maps: torch.Tensor, size) -> torch.Tensor:
-    """(..., h, w) -> (..., H, W) by nearest neighbour: a 2x2 patch's weight covers its 4 pixels."""
-    lead = maps.shape[:-2]
-    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
-    return F.interpolate(flat, size=tuple(size), mode="nearest").reshape(*lead, *size)
 
 
 def grid_cell(pixel, image_size, grid) -> tuple:

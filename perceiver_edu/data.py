@@ -98,8 +98,9 @@ def download_cifar10(root: str | os.PathLike) -> Path:
     return root / FOLDER_NAME
 
 
-def file_md5(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file, read in chunks (hashlib.file_digest needs Python 3.11)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
@@ -214,7 +215,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, device: str | torch.
 
     official, source = None, "md5 sums not checked"
     if check_md5:
-        mismatched = [name for name, md5 in OFFICIAL_MD5.items() if file_md5(folder / name) != md5]
+        mismatched = [name for name, md5 in OFFICIAL_MD5.items() if file_digest(folder / name) != md5]
         official = not mismatched
         source = ("the official CIFAR-10 python batches (every md5 matches)" if official else
                   f"NOT the official CIFAR-10 files (md5 differs for {', '.join(mismatched)})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import AttentionMaps, CrossAttentionBlock, SelfAttentionBlock
+from .attention import CrossAttentionBlock, SelfAttentionBlock
 from .config import PerceiverConfig
 from .positional import FourierPositionEncoding, LearnedPositionEncoding, truncated_normal
 

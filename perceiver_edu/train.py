@@ -342,8 +342,8 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
         if mismatches:
             raise CheckpointMismatchError(
                 f"{checkpoint_path} was made with different settings, so resuming would not continue the "
-                f"same run:\n  " + "\n  ".join(mismatches) +
-                f"\nResume with the original settings, or use another --checkpoint-dir for a new run.")
+                "same run:\n  " + "\n  ".join(mismatches) +
+                "\nResume with the original settings, or use another --checkpoint-dir for a new run.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])

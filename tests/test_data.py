@@ -53,7 +53,7 @@ def test_loads_fake_folder_with_shapes_and_source(tmp_path):
 
 def test_official_when_every_md5_matches(tmp_path, monkeypatch):
     folder = make_fake_cifar(tmp_path, source_text=None)
-    monkeypatch.setattr(D, "OFFICIAL_MD5", {n: D.file_md5(folder / n) for n in D.TRAIN_FILES + D.TEST_FILES})
+    monkeypatch.setattr(D, "OFFICIAL_MD5", {n: D.file_digest(folder / n) for n in D.TRAIN_FILES + D.TEST_FILES})
     data = D.load_cifar10(tmp_path, download=False)
     assert data.official is True and "official" in data.source and "NOT" not in data.source
 

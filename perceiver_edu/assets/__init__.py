@@ -17,13 +17,13 @@ That run (torch 2.14.1, 2 CPU cores, alone on the machine) trained 4.73 epochs i
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from ..config import PerceiverConfig
+from ..data import file_digest
 from ..model import Perceiver
 
 ASSETS = Path(__file__).resolve().parent
@@ -46,11 +46,7 @@ class ChecksumError(ValueError):
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def verified_path(name: str = "cpu-cifar10", path: str | os.PathLike | None = None,
