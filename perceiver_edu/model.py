@@ -112,9 +112,15 @@ class Perceiver(nn.Module):
         cross-attend, "self" one (B, heads, N, N) per latent layer run, "decoder" the (B, 1, 1, N)
         query weights for the Perceiver IO decoder.
         """
+        record = {"cross": [], "cross_logits": [], "self": [], "decoder": []}
+        latents = self.encode(inputs, record, return_attention)
+        logits = self.decode(latents, record, return_attention)
+        return (logits, record) if return_attention else logits
+
+    def encode(self, inputs: torch.Tensor, record: dict | None = None, return_attention: bool = False):
+        """The (B, M, C) input array -> the final latent array (B, N, D): cross-attends and latent blocks."""
         if inputs.dim() != 3 or inputs.shape[-1] != self.config.input_dim:
             raise ValueError(f"the input array must be (B, M, {self.config.input_dim}), got {tuple(inputs.shape)}")
-        record = {"cross": [], "cross_logits": [], "self": [], "decoder": []}
         latents = self.latents.expand(inputs.shape[0], -1, -1)  # (B, N, D)
         for step, block_index in enumerate(self.block_plan):
             if step < len(self.cross_plan):
@@ -122,8 +128,7 @@ class Perceiver(nn.Module):
                 latents = self._run(cross_attend, record, "cross", return_attention, latents, inputs)
             for layer in self.latent_blocks[block_index]:
                 latents = self._run(layer, record, "self", return_attention, latents)
-        logits = self.decode(latents, record, return_attention)
-        return (logits, record) if return_attention else logits
+        return latents
 
     @staticmethod
     def _run(module, record, key, return_attention, *args):
