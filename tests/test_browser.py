@@ -73,26 +73,46 @@ def _is_local(url: str) -> bool:
     return parts.scheme in LOCAL_SCHEMES or parts.hostname == "127.0.0.1"
 
 
-def _shown_image(explorer) -> tuple[str, str]:
-    """(src, sha256 of the bytes) of the one image the explorer shows now."""
-    image = explorer.locator("img:visible")
-    assert image.count() == 1, f"expected one visible image, found {image.count()}"
-    digest = image.evaluate("""async (img) => {
-        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
-        const hash = await crypto.subtle.digest('SHA-256', bytes);
-        return [img.naturalWidth, Array.from(new Uint8Array(hash)).map(b => b.toString(16).padStart(2, '0')).join('')];
-    }""")
-    assert digest[0] > 0, "the image did not decode"
-    return image.get_attribute("src"), digest[1]
+# Generous: a loaded 2-core machine may take seconds to lay out the page or decode a PNG.
+WAIT_MS = 60_000
+
+# The src of the one image the explorer shows, once exactly one is visible and decoded and it is
+# not `previous`; null otherwise. While a Stack switches pages there can be a moment with no
+# visible image (or still the old one), so callers wait on this condition instead of asserting.
+SETTLED_IMAGE_JS = """([selector, previous]) => {
+    const root = document.querySelector(selector);
+    if (!root) return null;
+    const shown = Array.from(root.querySelectorAll('img')).filter((img) => {
+        const box = img.getBoundingClientRect();
+        return box.width > 0 && box.height > 0 && getComputedStyle(img).visibility !== 'hidden';
+    });
+    if (shown.length !== 1) return null;
+    const img = shown[0];
+    if (!img.complete || img.naturalWidth === 0 || img.src === previous) return null;
+    return img.src;
+}"""
+
+SHA256_OF_URL_JS = """async (url) => {
+    const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    const hash = await crypto.subtle.digest('SHA-256', bytes);
+    return Array.from(new Uint8Array(hash)).map(b => b.toString(16).padStart(2, '0')).join('');
+}"""
 
 
-def _wait_for_change(page, explorer, before, what):
-    for _ in range(50):
-        now = _shown_image(explorer)
-        if now[1] != before[1]:
-            return now
-        page.wait_for_timeout(100)
-    pytest.fail(f"choosing another {what} did not change the image shown")
+def _shown_image(page, previous: str | None = None, what: str = "image") -> tuple[str, str]:
+    """(src, sha256 of the bytes) of the one decoded image the explorer shows, once it is not `previous`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        handle = page.wait_for_function(SETTLED_IMAGE_JS, arg=[EXPLORER, previous],
+                                        timeout=WAIT_MS, polling=100)
+    except PlaywrightTimeout:
+        state = page.evaluate("""(selector) => Array.from(document.querySelector(selector).querySelectorAll('img'))
+            .map((img) => [img.getBoundingClientRect().width, img.complete, img.naturalWidth])""", EXPLORER)
+        pytest.fail(f"choosing another {what}: no single new decoded image within {WAIT_MS} ms "
+                    f"(images: [width, complete, naturalWidth] = {state})")
+    src = handle.json_value()
+    return src, page.evaluate(SHA256_OF_URL_JS, src)
 
 
 def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, tmp_path):
@@ -122,22 +142,23 @@ def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, t
         explorer.wait_for(state="visible", timeout=60_000)
         assert explorer.count() == 1
         explorer.scroll_into_view_if_needed()
-        first = _shown_image(explorer)
+        first = _shown_image(page)
 
         select = explorer.locator("select")
         options = select.locator("option")
         assert options.count() >= 2
         select.select_option(index=options.count() - 1)
-        second = _wait_for_change(page, explorer, first, "image")
-        assert second[0] != first[0]
+        second = _shown_image(page, first[0], "image")
+        assert second[1] != first[1], "another image shows the same bytes"
 
         handle = explorer.locator(".noUi-handle")
         handle.focus()
         page.keyboard.press("ArrowRight")
-        third = _wait_for_change(page, explorer, second, "latent")
+        third = _shown_image(page, second[0], "latent")
+        assert third[1] != second[1], "another latent shows the same bytes"
 
         select.select_option(index=0)
-        back = _wait_for_change(page, explorer, third, "image")
+        back = _shown_image(page, third[0], "image")
         assert back[1] != first[1], "the latent slider should still apply after switching images"
 
         shot = tmp_path / "chapter7_explorer.png"
