@@ -1,8 +1,9 @@
 """Attention and the two Perceiver blocks: cross-attention to the input, self-attention among latents.
 
-Paper, Sec. 2: "The model ... uses a cross-attention module that projects a high-dimensional input
-byte array to a fixed-dimensional latent bottleneck (M >> N) before processing it using a deep stack
-of Transformer-style self-attention blocks in the latent space."
+Paper, Fig. 1 caption: "The Perceiver uses a cross-attention module to project an high-dimensional
+input byte array to a fixed-dimensional latent bottleneck (the number of input indices M is much
+larger than the number of latent indices N) before processing it using a deep stack of
+Transformer-style self-attention blocks in the latent space."
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """The Perceiver: cross-attend from a small latent array to a large input array, then think in latent space.
 
-Paper, Sec. 2: "The Perceiver architecture ... has two components: (i) a cross-attention module that
-maps a byte array and a latent array to a latent array, and (ii) a Transformer tower that maps a
-latent array to a latent array." Fig. 1: "The model can also be seen as an RNN unrolled in depth
-using the same input, rather than an RNN unrolled in time. ... weights are shared between each
-instance of the latent Transformer and between all cross-attends but the first."
+Paper, Sec. 3.1 ("Overview"): "We build our architecture from two components: (i) a cross-attention
+module that maps a byte array (e.g. an pixel array) and a latent array to a latent array, and (ii) a
+Transformer tower that maps a latent array to a latent array." And, same paragraph: "Because we
+optionally share weights between each instance of the Transformer tower (and between all instances of
+the cross-attention module but the first), our model can be interpreted as a recurrent neural network
+(RNN), but unrolled in depth using the same input, rather than in time."
 """
 from __future__ import annotations
 

@@ -1,11 +1,18 @@
 """Position encodings: the Perceiver's only source of spatial structure.
 
 The Perceiver's attention is permutation invariant, so "where" a pixel is must be written into its
-features. Paper, Sec. 3.2: "we use a parameterization of Fourier features ... We parametrize the
-frequency encoding to take the values [sin(f_k pi x_d), cos(f_k pi x_d)], where the frequency f_k is
-the k-th band of a bank of frequencies spaced equally between 1 and mu/2 ... x_d is the value of the
-input position along the d-th dimension (e.g. for images d = 2 and for video d = 3), x_d in [-1, 1]
-... We concatenate the raw positional value x_d to produce the final representation."
+features. Paper, Sec. 3.2 ("Scalable Fourier features"): "We parametrize the frequency encoding to
+take the values [sin(f_k pi x_d), cos(f_k pi x_d)], where the frequency f_k is the k^th band of a bank
+of frequencies spaced equally between 1 and mu/2. mu/2 can be naturally interpreted as the Nyquist
+frequency (Nyquist, 1928) corresponding to a target sampling rate of mu. ... x_d is the value of the
+input position along the d^th dimension (e.g. for images d=2 and for video d=3). x_d takes values in
+[-1,1] for each dimension. We concatenate the raw position value x_d to produce the final
+representation of position. This results in a position encoding of size d(2K+1)."
+
+On the grid used here (and in DeepMind's code), linspace(-1, 1, n) with both ends, samples are
+2/(n-1) apart, so the highest band that is not aliased is f < (n-1)/2. With mu = n the top band
+f = n/2 lies just above it and aliases: for even n, on the grid, sin(pi (n/2) x) = sin(pi (n/2 - 1) x)
+and cos(pi (n/2) x) = -cos(pi (n/2 - 1) x).
 """
 from __future__ import annotations
 
@@ -87,7 +94,14 @@ class FourierPositionEncoding(nn.Module):
 
 
 class LearnedPositionEncoding(nn.Module):
-    """One trainable vector per input position: the paper's "learned position encoding" ablation."""
+    """One trainable vector per input position, initialised by `truncated_normal` (std 0.02).
+
+    The paper's learned-position model (Table 2, row "(Learned pos.)") uses "a fully learned,
+    128-dimensional position encoding" (Sec. 4.1, "Permuted ImageNet"), initialised like the latent
+    array (a truncated normal, App. C) at scale 1.0: "We found that a scale of 1.0 worked best for
+    initializing the position encoding: this value is used for the model reported in Tab. 2."
+    (App. B). Here the width is `dim` (`PerceiverConfig.learned_position_dim`).
+    """
 
     def __init__(self, num_positions: int, dim: int):
         super().__init__()
