@@ -15,6 +15,7 @@ from torch import nn
 from .attention import CrossAttentionBlock, SelfAttentionBlock
 from .config import PerceiverConfig
 from .positional import FourierPositionEncoding, LearnedPositionEncoding, truncated_normal
+from .registry import register
 
 
 def _sharing_plan(count: int, share: bool) -> list:
@@ -164,3 +165,6 @@ def parameter_count(config: PerceiverConfig) -> int:
     """Parameters of a Perceiver built on the meta device: no memory, so ImageNet sizes are free."""
     with torch.device("meta"):
         return count_parameters(Perceiver(config))
+
+
+register("perceiver", PerceiverConfig, Perceiver)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -40,6 +41,7 @@ from .config import PerceiverConfig
 from .device import describe_device, pick_device, seed_everything
 from .data import CIFAR10Data, eval_batches, load_cifar10, to_float, train_batches
 from .model import Perceiver, count_parameters
+from .registry import architecture_of, build_model, config_from_dict
 from .optim import OPTIMIZERS, SCHEDULES, LRSchedule, build_optimizer
 
 CHECKPOINT_NAME = "last.pt"
@@ -74,6 +76,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     amp: str = "auto"                 # "auto": bf16/fp16 on CUDA, fp32 on CPU; "off": always fp32
     compile: bool = False             # torch.compile the model (CUDA; slow to start)
+    train_images: int | None = None   # budget in training images (whole batches); overrides epochs
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -92,6 +95,8 @@ class TrainConfig:
             (isinstance(self.eval_every, int) and self.eval_every >= 0, f"eval_every must be an integer >= 0, got {self.eval_every!r}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be positive, got {self.eval_batch_size!r}"),
             (self.amp in ("auto", "off"), f"amp must be 'auto' or 'off', got {self.amp!r}"),
+            (self.train_images is None or (isinstance(self.train_images, int) and self.train_images >= self.batch_size),
+             f"train_images must be None or an integer >= batch_size ({self.batch_size}), got {self.train_images!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -227,11 +232,11 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return state
 
 
-def load_checkpoint(path: str | os.PathLike, device=None) -> tuple[Perceiver, list[dict]]:
+def load_checkpoint(path: str | os.PathLike, device=None) -> tuple[torch.nn.Module, list[dict]]:
     """(model in eval mode, history) from a checkpoint file or a checkpoint directory."""
     device = torch.device(device) if device is not None else pick_device()
     state = read_checkpoint(path, map_location=device)
-    model = Perceiver(PerceiverConfig.from_dict(state["model_config"])).to(device)
+    model = build_model(config_from_dict(state["model_config"], state.get("architecture", "perceiver"))).to(device)
     model.load_state_dict(state["model"])
     return model.eval(), state["history"]
 
@@ -271,13 +276,14 @@ class _Budget:
         return time.perf_counter() + next_step_seconds + self.reserve + self.margin >= self.deadline
 
 
-def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None = None,
+def train(model, train_config: TrainConfig | None = None,
           data: CIFAR10Data | None = None, *, device=None, checkpoint_dir: str | os.PathLike | None = None,
           resume: bool = False, time_budget: float | None = None, start_time: float | None = None,
-          progress: bool = True, log=None) -> tuple[Perceiver, list[dict]]:
+          progress: bool = True, log=None) -> tuple[torch.nn.Module, list[dict]]:
     """Train on CIFAR-10 and return (model, history).
 
-    model: a PerceiverConfig (a fresh model is built from `train_config.seed`) or a Perceiver.
+    model: a registered model config such as a PerceiverConfig (a fresh model is built from
+        `train_config.seed`, see `registry.build_model`), or a model whose `.config` is one.
     train_config: the recipe; default `TrainConfig.recipe(config.name)`.
     data: a CIFAR10Data (moved to `device` if needed); default `load_cifar10()`.
     device: default `pick_device()`: $PERCEIVER_EDU_DEVICE, else CUDA if available, else CPU.
@@ -296,12 +302,11 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
     log = log or tqdm.write
     device = torch.device(device) if device is not None else pick_device()
-    model_config = model.config if isinstance(model, Perceiver) else model
-    if not isinstance(model_config, PerceiverConfig):
-        raise TypeError(f"model must be a PerceiverConfig or a Perceiver, got {type(model).__name__}")
-    if model_config.modality != "image" or tuple(model_config.input_axes) != (32, 32) or \
+    model_config = model.config if isinstance(model, torch.nn.Module) else model
+    architecture = architecture_of(model_config)  # TypeError for anything but a registered config
+    if getattr(model_config, "modality", "image") != "image" or tuple(model_config.input_axes) != (32, 32) or \
             model_config.input_channels != 3 or model_config.num_classes != 10:
-        raise ValueError(f"CIFAR-10 needs an image Perceiver with input_axes=(32, 32), input_channels=3 and "
+        raise ValueError(f"CIFAR-10 needs an image model with input_axes=(32, 32), input_channels=3 and "
                          f"num_classes=10; config {model_config.name!r} has {model_config.input_axes}, "
                          f"{model_config.input_channels}, {model_config.num_classes}")
     tc = train_config or TrainConfig.recipe(model_config.name)
@@ -309,18 +314,17 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
     steps_per_epoch = len(data.train_labels) // tc.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={tc.batch_size} is larger than the {len(data.train_labels)} training images")
+    # An image budget fixes the number of steps; the last epoch may be partial.
+    total_steps = tc.train_images // tc.batch_size if tc.train_images else tc.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
 
     seed_everything(tc.seed)
-    if isinstance(model, Perceiver):
-        model = model.to(device)
-    else:
-        model = Perceiver(model_config).to(device)
+    model = (model if isinstance(model, torch.nn.Module) else build_model(model_config)).to(device)
     # Seed again, so dropout's random numbers do not depend on whether the model was built here.
     seed_everything(tc.seed)
     data_generator = torch.Generator().manual_seed(tc.seed)
     model.train()
     optimizer = build_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, tc.betas)
-    total_steps = tc.epochs * steps_per_epoch
     schedule = LRSchedule(optimizer, tc.lr, round(tc.warmup_epochs * steps_per_epoch), tc.schedule,
                           tc.final_lr_fraction)
     amp_dtype = autocast_dtype(device, tc.amp)
@@ -357,7 +361,8 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
         return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "rng": _rng_state(data_generator), "history": history, "epoch": epoch, "step": step,
-                "finished": finished, "model_config": model_config.to_dict(), "train_config": tc.to_dict(),
+                "finished": finished, "architecture": architecture, "model_config": model_config.to_dict(),
+                "train_config": tc.to_dict(),
                 "data": data_facts, "data_source": data.source}
 
     budget = _Budget(time_budget, start_time)
@@ -374,13 +379,13 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
         eval_seconds = time.perf_counter() - began
         return result
 
-    while not finished and epoch < tc.epochs:
+    while not finished and epoch < num_epochs:
         epoch_began = time.perf_counter()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen, train_seconds = 0, 0.0
         stopped_early = False
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not progress,
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress,
                    leave=False, unit="step", dynamic_ncols=True)
         batches = train_batches(data.train_images, data.train_labels, tc.batch_size, data_generator,
                                 augmentation=tc.augment)
@@ -392,6 +397,8 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
                 budget.reserve = 0.6 * step_seconds * test_size / tc.batch_size + save_seconds
             if budget.out_of_time(step_seconds or 0.0):
                 stopped_early = True
+                break
+            if step >= total_steps:  # the image budget ends inside this epoch
                 break
             step_began = time.perf_counter()
             with _autocast(device, amp_dtype):
@@ -439,7 +446,7 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
             finished = True
             break
         epoch += 1
-        finished = stopped_early or epoch >= tc.epochs
+        finished = stopped_early or epoch >= num_epochs
         record = {"epoch": epoch, "fraction": seen / (steps_per_epoch * tc.batch_size),
                   "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                   "test_loss": None, "test_acc": None, "lr": schedule.lr,
@@ -452,7 +459,7 @@ def train(model: PerceiverConfig | Perceiver, train_config: TrainConfig | None =
         test_text = (f"test loss {record['test_loss']:.3f} acc {record['test_acc']:.2%}  "
                      if record["test_acc"] is not None else "")
         cut = f" (stopped at {record['fraction']:.0%}: time budget)" if stopped_early else ""
-        log(f"epoch {epoch}/{tc.epochs}{cut}  train loss {record['train_loss']:.3f} acc {record['train_acc']:.2%}  "
+        log(f"epoch {epoch}/{num_epochs}{cut}  train loss {record['train_loss']:.3f} acc {record['train_acc']:.2%}  "
             f"{test_text}lr {record['lr']:.2e}  {record['img_per_s']:.0f} img/s  {record['epoch_seconds']:.1f} s")
         if checkpoint_path is not None:
             began = time.perf_counter()
@@ -488,6 +495,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "else ~/.cache/perceiver_edu)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="finish (final evaluation included) within this many seconds")
+    p.add_argument("--train-images", type=int, metavar="N",
+                   help="budget: train on N images in all (whole batches), instead of whole epochs")
     p.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
     p.add_argument("--test-subset", type=int, metavar="N", help="evaluate on a fixed random subset of N images")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -516,7 +525,8 @@ def main(argv=None) -> float:
         model_config = PerceiverConfig.preset(preset)
         overrides = {key: value for key, value in (
             ("epochs", args.epochs), ("seed", args.seed), ("batch_size", args.batch_size), ("lr", args.lr),
-            ("optimizer", args.optimizer), ("eval_every", args.eval_every)) if value is not None}
+            ("optimizer", args.optimizer), ("eval_every", args.eval_every),
+            ("train_images", args.train_images)) if value is not None}
         if args.time_budget is not None and args.epochs is None:
             overrides["epochs"] = BUDGET_EPOCHS
         if args.compile:

@@ -240,3 +240,60 @@ def test_cli_smoke_run_on_a_subset(tmp_path):
     state = read_checkpoint(tmp_path / "ck")
     assert state["epoch"] == 2 and state["train_config"]["seed"] == 1
     assert math.isclose(float(lines[-1].split()[-1][:-1]), 100 * state["history"][-1]["test_acc"], abs_tol=0.006)
+
+
+def test_an_image_budget_stops_mid_epoch_and_the_schedule_ends_there():
+    data = synthetic_data(train=256, test=64)
+    recipe = TrainConfig(epochs=30, batch_size=64, lr=3e-3, warmup_epochs=0.5, train_images=384,
+                         final_lr_fraction=0.0)
+    _, history = train(TINY, recipe, data, device="cpu", progress=False, log=lambda *_: None)
+    # 384 images = 6 steps of 64 = one full epoch (4 steps) and half of the next; epochs is ignored
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["fraction"] for h in history] == [1.0, 0.5]
+    assert history[-1]["images_seen"] == 384
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decay reached its floor
+    assert history[-1]["test_acc"] is not None
+    with pytest.raises(ValueError, match="train_images"):
+        TrainConfig(batch_size=64, train_images=10)
+
+
+def test_trains_and_checkpoints_any_registered_classifier(tmp_path):
+    from perceiver_edu import registry
+
+    @dataclasses.dataclass(frozen=True)
+    class LinearConfig:
+        name: str = "linear"
+        input_axes: tuple = (32, 32)
+        input_channels: int = 3
+        num_classes: int = 10
+
+        def to_dict(self):
+            return dataclasses.asdict(self)
+
+        @classmethod
+        def from_dict(cls, values):
+            return cls(**{**values, "input_axes": tuple(values["input_axes"])})
+
+    class Linear(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.layer = torch.nn.Linear(3 * 32 * 32, config.num_classes)
+
+        def forward(self, x):
+            return self.layer(x.flatten(1))
+
+    registry.register("test-linear", LinearConfig, Linear)
+    try:
+        data = synthetic_data(train=256, test=64)
+        recipe = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup_epochs=0.0)
+        model, history = train(LinearConfig(), recipe, data, device="cpu", checkpoint_dir=tmp_path,
+                               progress=False, log=lambda *_: None)
+        assert isinstance(model, Linear) and history[-1]["test_acc"] > 0.3
+        restored, _ = load_checkpoint(tmp_path, device="cpu")
+        assert isinstance(restored, Linear)
+        assert torch.equal(restored.layer.weight, model.layer.weight)
+        with pytest.raises(TypeError, match="not a registered model config"):
+            train(object(), recipe, data, device="cpu", progress=False)
+    finally:
+        registry.ARCHITECTURES.pop("test-linear")

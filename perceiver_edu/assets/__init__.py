@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import PerceiverConfig
 from ..data import file_digest
-from ..model import Perceiver
+from ..registry import build_model, config_from_dict
 
 ASSETS = Path(__file__).resolve().parent
 EXPORT_FORMAT = 1  # the trainer's CHECKPOINT_FORMAT: train.load_checkpoint reads these files too
@@ -79,7 +78,7 @@ def load_pretrained(name: str = "cpu-cifar10", device=None, path: str | os.PathL
     """
     path = verified_path(name, path, expected_sha256)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = Perceiver(PerceiverConfig.from_dict(state["model_config"]))
+    model = build_model(config_from_dict(state["model_config"], state.get("architecture", "perceiver")))
     model.load_state_dict({k: v.float() for k, v in state["model"].items()})
     model = model.to(device if device is not None else "cpu").eval()
     info = {key: state[key] for key in ("history", "model_config", "train_config", "data_source")}
@@ -94,6 +93,7 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype=
         raise ValueError(f"{checkpoint} is not a perceiver_edu training checkpoint")
     slim = {"format": EXPORT_FORMAT,
             "model": {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()},
+            "architecture": state.get("architecture", "perceiver"),
             "model_config": state["model_config"], "train_config": state["train_config"],
             "history": state["history"], "data_source": state.get("data_source", "unknown"),
             "source_sha256": sha256_of(checkpoint)}
