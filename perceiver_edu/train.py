@@ -18,6 +18,15 @@ What the trainer does, and why:
 - A NaN/inf loss raises NonFiniteLossError at once; the last good checkpoint is untouched.
 - `time_budget` seconds: the learning-rate decay follows the clock so that it ends when the time does,
   and training stops early enough to leave room for the final test evaluation inside the budget.
+
+How it is built, in the spirit of minGPT's Trainer and nanoGPT's loop (read it top to bottom):
+- one step: `forward_backward` (forward, `training_loss`, backward, clip), then `update_weights`;
+  `make_optimizer`, `make_schedule` and `make_grad_scaler` build what the step uses;
+- `TrainState`: everything that changes while training (model, optimizer, schedule, scaler, the
+  data generator, history, epoch, step), so exactly what a checkpoint holds;
+- `Trainer`: `run` -> `run_epoch` -> `train_step`, then `end_epoch` (`evaluate_test`, `save`,
+  the `on_epoch_end` callback); `TimeBudget` decides when to stop;
+- `train()` puts these together and is what notebooks and the CLI call.
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +177,11 @@ def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
-             amp: str = "auto") -> tuple[float, float]:
-    """(mean cross-entropy, accuracy in [0, 1]) over a labelled set already on the model's device."""
+def evaluation_sums(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
+                    amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy float64, number correct int64), both 0-d tensors on the model's device.
+
+    Sums rather than means, so that shards of a test set (one per process) add up exactly."""
     device = next(model.parameters()).device
     dtype = autocast_dtype(device, amp)
     was_training = model.training
@@ -183,8 +194,66 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(-1) == y).sum()
     model.train(was_training)
+    return loss_sum, correct
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
+             amp: str = "auto") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in [0, 1]) over a labelled set already on the model's device."""
+    loss_sum, correct = evaluation_sums(model, images, labels, batch_size, amp)
     count = max(len(labels), 1)
     return loss_sum.item() / count, correct.item() / count
+
+
+# The pieces of one training step -----------------------------------------------------------------
+def make_optimizer(model: torch.nn.Module, recipe: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer (AdamW or LAMB), with weight decay on matrices only."""
+    return build_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.betas)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int) -> LRSchedule:
+    """Linear warmup over `recipe.warmup_epochs`, then the recipe's decay."""
+    return LRSchedule(optimizer, recipe.lr, round(recipe.warmup_epochs * steps_per_epoch), recipe.schedule,
+                      recipe.final_lr_fraction)
+
+
+def make_grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """fp16 needs its loss scaled so that small gradients do not underflow; bf16 and fp32 do not."""
+    return torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, recipe: TrainConfig) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy. logits (B, classes), labels (B,).
+
+    In fp32 even under autocast: the softmax of low-precision logits loses the small probabilities."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=recipe.label_smoothing)
+
+
+def forward_backward(model: torch.nn.Module, forward, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None, x: torch.Tensor, y: torch.Tensor,
+                     recipe: TrainConfig, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss and backward on one batch; gradients end unscaled and clipped. Returns (loss, logits).
+
+    `forward` is the model, or a compiled or data-parallel wrapper of it; `model` owns the parameters.
+    The weights do not change here: `update_weights` does that, after the caller has checked the loss."""
+    with _autocast(x.device, amp_dtype):
+        logits = forward(x)                                  # (B, classes)
+    loss = training_loss(logits, y, recipe)
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if recipe.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    return loss, logits
+
+
+def update_weights(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None):
+    if scaler:
+        scaler.step(optimizer)  # skips the step if the fp16 gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 # Checkpoints ----------------------------------------------------------------------------------
@@ -251,16 +320,111 @@ def _normalise(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-# Training ---------------------------------------------------------------------------------------
-class _Budget:
-    """Tracks a wall-clock budget: when to stop, and how far through the time we are."""
+# What a run is made of ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPlan:
+    """How long a run is, in optimizer steps. An image budget may end the last epoch part-way."""
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: int
+
+    @classmethod
+    def for_recipe(cls, recipe: TrainConfig, train_images: int) -> "RunPlan":
+        steps_per_epoch = train_images // recipe.batch_size  # whole batches only (drop_last)
+        if steps_per_epoch == 0:
+            raise ValueError(f"batch_size={recipe.batch_size} is larger than the {train_images} training images")
+        total_steps = (recipe.train_images // recipe.batch_size if recipe.train_images
+                       else recipe.epochs * steps_per_epoch)
+        return cls(steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch))
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training: what a checkpoint must hold to continue exactly."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler | None
+    data_generator: torch.Generator   # shuffling and augmentation (CPU, so the same on every device)
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0                    # epochs done
+    step: int = 0                     # optimizer steps done
+    finished: bool = False
+
+    @classmethod
+    def fresh(cls, model: torch.nn.Module, recipe: TrainConfig, plan: RunPlan,
+              amp_dtype: torch.dtype | None) -> "TrainState":
+        # Seed here, so dropout's random numbers do not depend on whether the model was built by us.
+        seed_everything(recipe.seed)
+        data_generator = torch.Generator().manual_seed(recipe.seed)
+        model.train()
+        optimizer = make_optimizer(model, recipe)
+        return cls(model, optimizer, make_schedule(optimizer, recipe, plan.steps_per_epoch),
+                   make_grad_scaler(amp_dtype), data_generator)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": _rng_state(self.data_generator), "history": self.history, "epoch": self.epoch,
+                "step": self.step, "finished": self.finished}
+
+    def load_state_dict(self, saved: dict):
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"], self.data_generator)
+        self.history, self.epoch, self.step, self.finished = (saved["history"], saved["epoch"], saved["step"],
+                                                              saved["finished"])
+
+
+@dataclass
+class RunFacts:
+    """What identifies a run: resuming is refused when any of it changed."""
+    architecture: str
+    model_config: object
+    recipe: TrainConfig
+    data: CIFAR10Data
+
+    def checkpoint(self, state: TrainState) -> dict:
+        return {"format": CHECKPOINT_FORMAT, **state.state_dict(), "architecture": self.architecture,
+                "model_config": self.model_config.to_dict(), "train_config": self.recipe.to_dict(),
+                "data": self.data_sizes(), "data_source": self.data.source}
+
+    def data_sizes(self) -> dict:
+        return {"train_images": len(self.data.train_labels), "test_images": len(self.data.test_labels)}
+
+    def check_same_run(self, saved: dict, path: Path):
+        mismatches = (_differences(saved["model_config"], self.model_config.to_dict())
+                      + _differences(saved["train_config"], self.recipe.to_dict())
+                      + _differences(saved["data"], self.data_sizes()))
+        if mismatches:
+            raise CheckpointMismatchError(
+                f"{path} was made with different settings, so resuming would not continue the "
+                "same run:\n  " + "\n  ".join(mismatches) +
+                "\nResume with the original settings, or use another --checkpoint-dir for a new run.")
+
+
+# The time budget --------------------------------------------------------------------------------
+class TimeBudget:
+    """A wall-clock budget: when to stop, and how far through the time we are.
+
+    After the last step the final test evaluation and checkpoint must still fit, so it keeps a
+    reserve for them: measured once they have run, estimated from the step time before."""
 
     def __init__(self, seconds: float | None, start_time: float, margin: float | None = None):
         self.seconds, self.deadline = seconds, (start_time + seconds if seconds else None)
         # Slack for what the estimates miss (process start-up, a slow last step): 3.5 s of a 600-s budget.
         self.margin = margin if margin is not None else (0.5 + 0.005 * seconds if seconds else 0.0)
         self.train_start = time.perf_counter()
-        self.reserve = 0.0  # seconds to keep for the final evaluation and checkpoint
+        self.reserve = 0.0        # seconds to keep for the final evaluation and checkpoint
+        self.step_seconds = None  # running estimate of one training step
+        self.eval_seconds = None  # measured full test evaluation
+        self.save_seconds = 0.0   # measured checkpoint write
+
+    def record_step(self, seconds: float):
+        self.step_seconds = seconds if self.step_seconds is None else 0.9 * self.step_seconds + 0.1 * seconds
 
     def time_progress(self, base: float) -> float:
         """Progress in [base, 1] from the clock: `base` at the start of this run, 1 at the stop time."""
@@ -270,16 +434,196 @@ class _Budget:
         span = max(stop - self.train_start, 1e-9)
         return base + (1 - base) * (time.perf_counter() - self.train_start) / span
 
-    def out_of_time(self, next_step_seconds: float) -> bool:
+    def out_of_time(self, test_images: int, batch_size: int) -> bool:
+        """Would one more step leave too little time for the final evaluation?"""
+        # The reserve: a measured test pass, or ~1/3 of a training step per image before there is one.
+        if self.eval_seconds is not None:
+            self.reserve = 1.2 * self.eval_seconds + self.save_seconds
+        elif self.step_seconds is not None:
+            self.reserve = 0.6 * self.step_seconds * test_images / batch_size + self.save_seconds
         if self.deadline is None:
             return False
-        return time.perf_counter() + next_step_seconds + self.reserve + self.margin >= self.deadline
+        next_step = self.step_seconds or 0.0
+        return time.perf_counter() + next_step + self.reserve + self.margin >= self.deadline
+
+
+# The trainer ------------------------------------------------------------------------------------
+class EpochTotals:
+    """Running sums over one epoch's batches, kept on the device so that adding costs no sync."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.images = 0
+        self.seconds = 0.0           # spent in training steps
+        self.stopped_early = False   # the time budget cut the epoch short
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
+        self.loss_sum += loss.detach().double() * len(labels)
+        self.correct += (logits.detach().argmax(-1) == labels).sum()
+        self.images += len(labels)
+
+
+class Trainer:
+    """Runs the epochs of one training run: steps, evaluation, checkpoints and the time budget."""
+
+    def __init__(self, state: TrainState, facts: RunFacts, plan: RunPlan, device: torch.device, *,
+                 checkpoint_path: Path | None = None, time_budget: float | None = None,
+                 start_time: float | None = None, progress: bool = True, log=print, on_epoch_end=None):
+        self.state, self.facts, self.plan, self.device = state, facts, plan, device
+        self.recipe, self.data = facts.recipe, facts.data
+        self.amp_dtype = autocast_dtype(device, self.recipe.amp)
+        self.forward = torch.compile(state.model) if self.recipe.compile else state.model
+        self.checkpoint_path, self.time_budget = checkpoint_path, time_budget
+        self.start_time = time.perf_counter() if start_time is None else start_time
+        self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
+        self.budget = TimeBudget(None, self.start_time)
+
+    def run(self) -> list[dict]:
+        """Train until the plan or the time budget ends, then make sure the last epoch was evaluated."""
+        state = self.state
+        self.budget = TimeBudget(self.time_budget, self.start_time)  # after any resume: it times training
+        self.base_progress = state.schedule.progress                  # where a resumed schedule starts
+        while not state.finished and state.epoch < self.plan.num_epochs:
+            epoch_began = time.perf_counter()
+            totals = self.run_epoch()
+            if totals.images == 0:  # the budget ran out before this epoch began
+                state.finished = True
+                break
+            self.end_epoch(totals, epoch_began)
+        if not state.history or state.history[-1]["test_acc"] is None:
+            self.final_evaluation()
+        return state.history
+
+    def run_epoch(self) -> EpochTotals:
+        """Train one epoch, or until the step plan or the time budget ends it."""
+        state, recipe, plan = self.state, self.recipe, self.plan
+        totals = EpochTotals(self.device)
+        batches = train_batches(self.data.train_images, self.data.train_labels, recipe.batch_size,
+                                state.data_generator, augmentation=recipe.augment)
+        with tqdm(total=plan.steps_per_epoch, desc=f"epoch {state.epoch + 1}/{plan.num_epochs}",
+                  disable=not self.progress, leave=False, unit="step", dynamic_ncols=True) as bar:
+            for batch_index, (x, y) in enumerate(batches):  # x (B, 3, 32, 32) floats in [0, 1], y (B,)
+                if self.budget.out_of_time(len(self.data.test_labels), recipe.batch_size):
+                    totals.stopped_early = True
+                    break
+                if state.step >= plan.total_steps:  # the image budget ends inside this epoch
+                    break
+                began = time.perf_counter()
+                self.train_step(x, y, totals, batch_index)
+                elapsed = time.perf_counter() - began
+                totals.seconds += elapsed
+                self.budget.record_step(elapsed)
+                if self.progress and (batch_index % 10 == 0 or batch_index == plan.steps_per_epoch - 1):
+                    bar.set_postfix(loss=f"{totals.loss_sum.item() / totals.images:.3f}",
+                                    acc=f"{totals.correct.item() / totals.images:.1%}",
+                                    lr=f"{state.schedule.lr:.2e}", refresh=False)
+                bar.update(1)
+        return totals
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, totals: EpochTotals, batch_index: int):
+        """One optimizer step; raises NonFiniteLossError before a bad step can change the weights."""
+        state = self.state
+        loss, logits = forward_backward(state.model, self.forward, state.optimizer, state.scaler, x, y,
+                                        self.recipe, self.amp_dtype)
+        totals.add(loss, logits, y)
+        # On CPU checking every step is free; on CUDA it is a sync, so check every 20 steps.
+        if self.device.type != "cuda" or batch_index % 20 == 0:
+            if not torch.isfinite(totals.loss_sum):
+                raise self.non_finite_error(loss, batch_index)
+        update_weights(state.optimizer, state.scaler)
+        state.step += 1
+        state.schedule.step(max(state.step / self.plan.total_steps, self.budget.time_progress(self.base_progress)))
+        if self.device.type == "cuda" and batch_index % 20 == 0:
+            torch.cuda.synchronize()  # honest step timings for the budget
+
+    def non_finite_error(self, loss: torch.Tensor, batch_index: int) -> NonFiniteLossError:
+        path = self.checkpoint_path
+        kept = (f"the last good checkpoint ({path}, after epoch {self.state.epoch}) is kept"
+                if path is not None and path.is_file() else "no checkpoint was written for this run")
+        return NonFiniteLossError(
+            f"the training loss became {loss.item()} at epoch {self.state.epoch + 1}, step {batch_index + 1} "
+            f"(learning rate {self.state.schedule.lr:.3g}). Training stopped before the bad step changed the "
+            f"weights on disk; {kept}. Lower the learning rate (--lr), keep gradient clipping on, "
+            f"and start a new run in a fresh --checkpoint-dir.")
+
+    def end_epoch(self, totals: EpochTotals, epoch_began: float):
+        """Record the epoch, evaluate when due, log, checkpoint, then call the caller's callback."""
+        state, recipe, plan = self.state, self.recipe, self.plan
+        state.epoch += 1
+        state.finished = totals.stopped_early or state.epoch >= plan.num_epochs
+        record = {"epoch": state.epoch, "fraction": totals.images / (plan.steps_per_epoch * recipe.batch_size),
+                  "train_loss": totals.loss_sum.item() / totals.images,
+                  "train_acc": totals.correct.item() / totals.images, "test_loss": None, "test_acc": None,
+                  "lr": state.schedule.lr, "img_per_s": totals.images / max(totals.seconds, 1e-9),
+                  "images_seen": state.step * recipe.batch_size}
+        if state.finished or (recipe.eval_every and state.epoch % recipe.eval_every == 0):
+            record["test_loss"], record["test_acc"] = self.evaluate_test()
+        record["epoch_seconds"] = time.perf_counter() - epoch_began
+        record["elapsed_seconds"] = time.perf_counter() - self.start_time
+        state.history.append(record)
+        self.log_epoch(record, totals.stopped_early)
+        self.save()
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(state.epoch, state.model, state.history)
+
+    def log_epoch(self, record: dict, stopped_early: bool):
+        test_text = (f"test loss {record['test_loss']:.3f} acc {record['test_acc']:.2%}  "
+                     if record["test_acc"] is not None else "")
+        cut = f" (stopped at {record['fraction']:.0%}: time budget)" if stopped_early else ""
+        self.log(f"epoch {record['epoch']}/{self.plan.num_epochs}{cut}  train loss {record['train_loss']:.3f} "
+                 f"acc {record['train_acc']:.2%}  {test_text}lr {record['lr']:.2e}  "
+                 f"{record['img_per_s']:.0f} img/s  {record['epoch_seconds']:.1f} s")
+
+    def evaluate_test(self) -> tuple[float, float]:
+        began = time.perf_counter()
+        result = evaluate(self.state.model, self.data.test_images, self.data.test_labels,
+                          self.recipe.eval_batch_size, self.recipe.amp)
+        self.budget.eval_seconds = time.perf_counter() - began
+        return result
+
+    def final_evaluation(self):
+        """The budget ran out between two epochs whose last was not evaluated (or before the first)."""
+        state = self.state
+        test_loss, test_acc = self.evaluate_test()
+        if state.history:
+            state.history[-1]["test_loss"], state.history[-1]["test_acc"] = test_loss, test_acc
+        else:
+            state.history.append({"epoch": 0, "fraction": 0.0, "train_loss": None, "train_acc": None,
+                                  "test_loss": test_loss, "test_acc": test_acc, "lr": state.schedule.lr,
+                                  "img_per_s": None, "images_seen": 0, "epoch_seconds": 0.0,
+                                  "elapsed_seconds": time.perf_counter() - self.start_time})
+        self.save()
+
+    def save(self):
+        if self.checkpoint_path is None:
+            return
+        began = time.perf_counter()
+        save_checkpoint(self.checkpoint_path, self.facts.checkpoint(self.state))
+        self.budget.save_seconds = time.perf_counter() - began
+
+    def resume(self):
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}; run once without --resume to start one")
+        saved = read_checkpoint(path, map_location=self.device)
+        self.facts.check_same_run(saved, path)
+        self.state.load_state_dict(saved)
+        self.log(f"resumed from {path} after epoch {self.state.epoch} ({self.state.step} steps)")
+
+
+def _check_image_model(model_config):
+    if getattr(model_config, "modality", "image") != "image" or tuple(model_config.input_axes) != (32, 32) or \
+            model_config.input_channels != 3 or model_config.num_classes != 10:
+        raise ValueError(f"CIFAR-10 needs an image model with input_axes=(32, 32), input_channels=3 and "
+                         f"num_classes=10; config {model_config.name!r} has {model_config.input_axes}, "
+                         f"{model_config.input_channels}, {model_config.num_classes}")
 
 
 def train(model, train_config: TrainConfig | None = None,
           data: CIFAR10Data | None = None, *, device=None, checkpoint_dir: str | os.PathLike | None = None,
           resume: bool = False, time_budget: float | None = None, start_time: float | None = None,
-          progress: bool = True, log=None) -> tuple[torch.nn.Module, list[dict]]:
+          progress: bool = True, log=None, on_epoch_end=None) -> tuple[torch.nn.Module, list[dict]]:
     """Train on CIFAR-10 and return (model, history).
 
     model: a registered model config such as a PerceiverConfig (a fresh model is built from
@@ -291,6 +635,8 @@ def train(model, train_config: TrainConfig | None = None,
     time_budget: seconds, counted from `start_time` (time.perf_counter(); default now), by which the
         whole run, final evaluation included, should be over.
     progress: tqdm bars. log: a function for the per-epoch lines (default tqdm.write).
+    on_epoch_end: called as on_epoch_end(epoch, model, history) after each epoch's checkpoint, e.g. to
+        save attention maps; `model` is in training mode, `history` the records so far.
     history: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc (None when not
         evaluated that epoch), lr, img_per_s, epoch_seconds, elapsed_seconds, images_seen, fraction
         (of the epoch done: < 1 only for an epoch cut short by the budget).
@@ -300,184 +646,24 @@ def train(model, train_config: TrainConfig | None = None,
         raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from")
-    log = log or tqdm.write
     device = torch.device(device) if device is not None else pick_device()
     model_config = model.config if isinstance(model, torch.nn.Module) else model
     architecture = architecture_of(model_config)  # TypeError for anything but a registered config
-    if getattr(model_config, "modality", "image") != "image" or tuple(model_config.input_axes) != (32, 32) or \
-            model_config.input_channels != 3 or model_config.num_classes != 10:
-        raise ValueError(f"CIFAR-10 needs an image model with input_axes=(32, 32), input_channels=3 and "
-                         f"num_classes=10; config {model_config.name!r} has {model_config.input_axes}, "
-                         f"{model_config.input_channels}, {model_config.num_classes}")
-    tc = train_config or TrainConfig.recipe(model_config.name)
+    _check_image_model(model_config)
+    recipe = train_config or TrainConfig.recipe(model_config.name)
     data = (data if data is not None else load_cifar10()).to(device)
-    steps_per_epoch = len(data.train_labels) // tc.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={tc.batch_size} is larger than the {len(data.train_labels)} training images")
-    # An image budget fixes the number of steps; the last epoch may be partial.
-    total_steps = tc.train_images // tc.batch_size if tc.train_images else tc.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    plan = RunPlan.for_recipe(recipe, len(data.train_labels))
 
-    seed_everything(tc.seed)
+    seed_everything(recipe.seed)
     model = (model if isinstance(model, torch.nn.Module) else build_model(model_config)).to(device)
-    # Seed again, so dropout's random numbers do not depend on whether the model was built here.
-    seed_everything(tc.seed)
-    data_generator = torch.Generator().manual_seed(tc.seed)
-    model.train()
-    optimizer = build_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, tc.betas)
-    schedule = LRSchedule(optimizer, tc.lr, round(tc.warmup_epochs * steps_per_epoch), tc.schedule,
-                          tc.final_lr_fraction)
-    amp_dtype = autocast_dtype(device, tc.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    forward = torch.compile(model) if tc.compile else model
-    history: list[dict] = []
-    epoch, step, finished = 0, 0, False
+    state = TrainState.fresh(model, recipe, plan, autocast_dtype(device, recipe.amp))
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    data_facts = {"train_images": len(data.train_labels), "test_images": len(data.test_labels)}
-
+    trainer = Trainer(state, RunFacts(architecture, model_config, recipe, data), plan, device,
+                      checkpoint_path=checkpoint_path, time_budget=time_budget, start_time=start_time,
+                      progress=progress, log=log or tqdm.write, on_epoch_end=on_epoch_end)
     if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; run once without --resume "
-                                    f"to start one")
-        state = read_checkpoint(checkpoint_path, map_location=device)
-        mismatches = (_differences(state["model_config"], model_config.to_dict())
-                      + _differences(state["train_config"], tc.to_dict())
-                      + _differences(state["data"], data_facts))
-        if mismatches:
-            raise CheckpointMismatchError(
-                f"{checkpoint_path} was made with different settings, so resuming would not continue the "
-                "same run:\n  " + "\n  ".join(mismatches) +
-                "\nResume with the original settings, or use another --checkpoint-dir for a new run.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], data_generator)
-        history, epoch, step, finished = state["history"], state["epoch"], state["step"], state["finished"]
-        log(f"resumed from {checkpoint_path} after epoch {epoch} ({step} steps)")
-
-    def checkpoint_state() -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "rng": _rng_state(data_generator), "history": history, "epoch": epoch, "step": step,
-                "finished": finished, "architecture": architecture, "model_config": model_config.to_dict(),
-                "train_config": tc.to_dict(),
-                "data": data_facts, "data_source": data.source}
-
-    budget = _Budget(time_budget, start_time)
-    base_progress = schedule.progress
-    step_seconds = None  # running estimate of one training step
-    eval_seconds = None  # measured full test evaluation
-    save_seconds = 0.0   # measured checkpoint write
-    test_size = len(data.test_labels)
-
-    def evaluate_test():
-        nonlocal eval_seconds
-        began = time.perf_counter()
-        result = evaluate(model, data.test_images, data.test_labels, tc.eval_batch_size, tc.amp)
-        eval_seconds = time.perf_counter() - began
-        return result
-
-    while not finished and epoch < num_epochs:
-        epoch_began = time.perf_counter()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen, train_seconds = 0, 0.0
-        stopped_early = False
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress,
-                   leave=False, unit="step", dynamic_ncols=True)
-        batches = train_batches(data.train_images, data.train_labels, tc.batch_size, data_generator,
-                                augmentation=tc.augment)
-        for batch_index, (x, y) in enumerate(batches):
-            # The reserve keeps room for the final test pass: a measured one, or ~1/3 of a training step per image.
-            if eval_seconds is not None:
-                budget.reserve = 1.2 * eval_seconds + save_seconds
-            elif step_seconds is not None:
-                budget.reserve = 0.6 * step_seconds * test_size / tc.batch_size + save_seconds
-            if budget.out_of_time(step_seconds or 0.0):
-                stopped_early = True
-                break
-            if step >= total_steps:  # the image budget ends inside this epoch
-                break
-            step_began = time.perf_counter()
-            with _autocast(device, amp_dtype):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=tc.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.detach().argmax(-1) == y).sum()
-            seen += len(y)
-            # On CPU checking every step is free; on CUDA it is a sync, so check every 20 steps.
-            if device.type != "cuda" or batch_index % 20 == 0:
-                if not torch.isfinite(loss_sum):
-                    bar.close()
-                    kept = (f"the last good checkpoint ({checkpoint_path}, after epoch {epoch}) is kept"
-                            if checkpoint_path is not None and checkpoint_path.is_file()
-                            else "no checkpoint was written for this run")
-                    raise NonFiniteLossError(
-                        f"the training loss became {loss.item()} at epoch {epoch + 1}, step {batch_index + 1} "
-                        f"(learning rate {schedule.lr:.3g}). Training stopped before the bad step changed the "
-                        f"weights on disk; {kept}. Lower the learning rate (--lr), keep gradient clipping on, "
-                        f"and start a new run in a fresh --checkpoint-dir.")
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            step += 1
-            schedule.step(max(step / total_steps, budget.time_progress(base_progress)))
-            if device.type == "cuda" and batch_index % 20 == 0:
-                torch.cuda.synchronize()  # honest step timings for the budget
-            elapsed = time.perf_counter() - step_began
-            train_seconds += elapsed
-            step_seconds = elapsed if step_seconds is None else 0.9 * step_seconds + 0.1 * elapsed
-            if progress and (batch_index % 10 == 0 or batch_index == steps_per_epoch - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
-                                lr=f"{schedule.lr:.2e}", refresh=False)
-            bar.update(1)
-        bar.close()
-        if seen == 0:  # the budget ran out before this epoch began
-            finished = True
-            break
-        epoch += 1
-        finished = stopped_early or epoch >= num_epochs
-        record = {"epoch": epoch, "fraction": seen / (steps_per_epoch * tc.batch_size),
-                  "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                  "test_loss": None, "test_acc": None, "lr": schedule.lr,
-                  "img_per_s": seen / max(train_seconds, 1e-9), "images_seen": step * tc.batch_size}
-        if finished or (tc.eval_every and epoch % tc.eval_every == 0):
-            record["test_loss"], record["test_acc"] = evaluate_test()
-        record["epoch_seconds"] = time.perf_counter() - epoch_began
-        record["elapsed_seconds"] = time.perf_counter() - start_time
-        history.append(record)
-        test_text = (f"test loss {record['test_loss']:.3f} acc {record['test_acc']:.2%}  "
-                     if record["test_acc"] is not None else "")
-        cut = f" (stopped at {record['fraction']:.0%}: time budget)" if stopped_early else ""
-        log(f"epoch {epoch}/{num_epochs}{cut}  train loss {record['train_loss']:.3f} acc {record['train_acc']:.2%}  "
-            f"{test_text}lr {record['lr']:.2e}  {record['img_per_s']:.0f} img/s  {record['epoch_seconds']:.1f} s")
-        if checkpoint_path is not None:
-            began = time.perf_counter()
-            save_checkpoint(checkpoint_path, checkpoint_state())
-            save_seconds = time.perf_counter() - began
-
-    if not history or history[-1]["test_acc"] is None:
-        # The budget ran out between two epochs whose last was not evaluated (or before the first).
-        test_loss, test_acc = evaluate_test()
-        if history:
-            history[-1]["test_loss"], history[-1]["test_acc"] = test_loss, test_acc
-        else:
-            history.append({"epoch": 0, "fraction": 0.0, "train_loss": None, "train_acc": None,
-                            "test_loss": test_loss, "test_acc": test_acc, "lr": schedule.lr, "img_per_s": None,
-                            "images_seen": 0, "epoch_seconds": 0.0,
-                            "elapsed_seconds": time.perf_counter() - start_time})
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, checkpoint_state())
+        trainer.resume()
+    history = trainer.run()
     model.eval()
     return model, history
 

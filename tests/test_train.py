@@ -297,3 +297,20 @@ def test_trains_and_checkpoints_any_registered_classifier(tmp_path):
             train(object(), recipe, data, device="cpu", progress=False)
     finally:
         registry.ARCHITECTURES.pop("test-linear")
+
+
+def test_on_epoch_end_sees_each_epoch_after_its_checkpoint(tmp_path):
+    data = synthetic_data(train=128, test=32)
+    recipe = TrainConfig(epochs=3, batch_size=32, eval_every=2)
+    calls = []
+
+    def on_epoch_end(epoch, model, history):
+        saved = read_checkpoint(tmp_path)  # the epoch's checkpoint is already on disk
+        calls.append((epoch, len(history), history[-1]["test_acc"] is not None, saved["epoch"],
+                      {k: v.clone() for k, v in model.state_dict().items()}))
+
+    model, history = train(TINY, recipe, data, device="cpu", checkpoint_dir=tmp_path, progress=False,
+                           log=lambda *_: None, on_epoch_end=on_epoch_end)
+    assert [c[:4] for c in calls] == [(1, 1, False, 1), (2, 2, True, 2), (3, 3, True, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(calls[-1][4].values(), model.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(calls[0][4].values(), model.state_dict().values()))
