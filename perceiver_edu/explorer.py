@@ -1,21 +1,26 @@
-"""Attention explorers: a live one that runs the model, and a static one that works with no kernel.
+"""Attention explorers: a live one that runs the model, and static ones that work with no kernel.
 
-Live (`AttentionExplorer`): ipywidgets 8 controls in Jupyter or Colab. Every change re-renders a
-PNG into an `ipywidgets.Image`, so tests can drive the controls from Python and read the bytes.
+Live (`AttentionExplorer`): ipywidgets controls in Jupyter or Colab. Every change re-renders a PNG
+into an `ipywidgets.Image`, so tests can drive the controls from Python and read the bytes.
 
-Static (`static_explorer`): PNGs precomputed for a few images x latents, held by `ipywidgets.Image`
-children of nested `Stack`s whose `selected_index` is tied to a Dropdown and a slider by `jslink`.
-The links run in the browser, and the notebook's saved widget state carries the PNGs, so the
-published page switches maps with no Python behind it.
+Static (`static_choice`, and `static_explorer` built on it): pictures precomputed for every
+combination of one to three choices, held by `ipywidgets.Image` children of nested `Stack`s whose
+`selected_index` is tied to a Dropdown, a slider or toggle buttons by `jslink`. The links run in
+the browser, and the notebook's saved widget state carries the PNGs, so the published page switches
+pictures with no Python behind it.
+
+Both work with ipywidgets 7.7 (what Colab preinstalls) and 8. Only core widgets are used, so
+Colab's own front end renders them; no custom widget manager is needed. ipywidgets 7 has no
+`Stack`: there a static choice shows the same pictures in nested tabs, and says so.
 """
 from __future__ import annotations
 
 import html
 import io
-import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import ipywidgets as widgets
-from ipywidgets.widgets.widget_string import HTMLStyle
 import matplotlib
 import numpy as np
 import torch
@@ -26,15 +31,30 @@ from .visualize import ATTENTION_CMAP, figure_to_png, image_hwc, overlay_rgb, sh
 
 GAP = 2  # white pixels between panels
 STATIC_EXPLORER_CLASS = "perceiver-static-explorer"
+STATIC_CHOICE_CLASS = "perceiver-static-choice"
+HAS_STACK = hasattr(widgets, "Stack")  # ipywidgets 8 and later
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def enable_colab_widgets() -> bool:
-    """In Colab, switch on the custom widget manager that ipywidgets 8 needs there. Elsewhere: no-op."""
-    if "google.colab" not in sys.modules:
-        return False
-    from google.colab import output  # type: ignore[import-not-found]
-    output.enable_custom_widget_manager()
-    return True
+    """Does nothing and returns False; kept so that older copies of the chapters still run.
+
+    Not needed: only core ipywidgets are used, and Colab's own widget manager renders core
+    ipywidgets 7.7, the version Colab preinstalls and this package keeps (its custom widget manager
+    is for third-party widgets, and loads from a CDN).
+    """
+    return False
+
+
+def widget_bundle(widget, text: str, **kwargs) -> dict:
+    """The MIME bundle that displays `widget`, with `text` as its plain-text form (ipywidgets 7 or 8)."""
+    if hasattr(widget, "_repr_mimebundle_"):  # ipywidgets 8
+        bundle = dict(widget._repr_mimebundle_(**kwargs) or {})
+    else:  # ipywidgets 7 displays through _ipython_display_; this is the bundle it sends
+        bundle = {"application/vnd.jupyter.widget-view+json": {
+            "version_major": 2, "version_minor": 0, "model_id": widget.model_id}}
+    bundle["text/plain"] = text
+    return bundle
 
 
 # Rendering -------------------------------------------------------------------------------------
@@ -138,9 +158,8 @@ class AttentionExplorer:
         self.refresh()
 
     def _repr_mimebundle_(self, **kwargs):
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = f"AttentionExplorer over {len(self.images)} images (live: needs a running kernel)"
-        return bundle
+        return widget_bundle(self.widget, f"AttentionExplorer over {len(self.images)} images "
+                                          f"(live: needs a running kernel)", **kwargs)
 
     def _attention(self, index: int):
         """(cross: list of (heads, N, M) per cross-attend, class probabilities (classes,))."""
@@ -215,23 +234,206 @@ class AttentionExplorer:
         self.class_picker.value = -1  # back to "(any)", so picking the same class again finds the next one
 
 
-# Static explorer -------------------------------------------------------------------------------
-class StaticExplorer:
-    """The widget tree of a static explorer plus what tests need: pickers, stacks, links, PNG sizes."""
+# Static choice: precomputed pictures behind browser-side controls ----------------------------------
+@dataclass
+class Control:
+    """One choice of a static picture: its name, its labels, and the widget that offers it.
 
-    def __init__(self, widget, image_picker, latent_picker, outer, inner, links, png_sizes):
-        self.widget, self.image_picker, self.latent_picker = widget, image_picker, latent_picker
-        self.outer, self.inner, self.links, self.png_sizes = outer, inner, links, png_sizes
+    kind: "dropdown", "slider" (a SelectionSlider) or "toggle" (ToggleButtons); "" means a dropdown
+    for the first control and a slider for the others. width: CSS width of the widget, e.g. "420px".
+    """
+    name: str
+    labels: Sequence[str]
+    kind: str = ""
+    width: str | None = None
+
+
+class StaticChoice:
+    """What `static_choice` built: the widget, plus what tests and callers inspect.
+
+    controls: the pickers (ipywidgets 8), one per Control, else []; root: the outermost Stack (or
+    Tab); stacks[d]: every container switched by control d; links: the jslinks; png_sizes: bytes of
+    each picture; uses_stack: False where ipywidgets 7's tabs stand in for Stack and the pickers.
+    """
+
+    def __init__(self, widget, controls, specs, root, stacks, links, png_sizes, uses_stack):
+        self.widget, self.controls, self.specs, self.root = widget, controls, specs, root
+        self.stacks, self.links, self.png_sizes, self.uses_stack = stacks, links, png_sizes, uses_stack
+
+    @property
+    def payload_bytes(self) -> int:
+        return sum(self.png_sizes)
+
+    def page(self, *indices: int):
+        """The widget shown for one combination of choices: VBox([Image, caption?])."""
+        if len(indices) != len(self.specs):
+            raise ValueError(f"give one index per control ({len(self.specs)}), got {indices}")
+        node = self.root
+        for index in indices:
+            node = node.children[index]
+        return node
+
+    def picture(self, *indices: int) -> bytes:
+        """PNG bytes shown for one combination of choices."""
+        return bytes(self.page(*indices).children[0].value)
+
+    def describe(self) -> str:
+        sizes = " x ".join(f"{len(spec.labels)} {spec.name}" for spec in self.specs)
+        shown = "" if self.uses_stack else " (tabs: ipywidgets 7)"
+        return f"StaticChoice: {sizes}, {self.payload_bytes / 1024:.0f} KB of PNG{shown}"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return widget_bundle(self.widget, self.describe(), **kwargs)
+
+
+def _as_png(picture) -> bytes:
+    """PNG bytes from PNG bytes, a matplotlib figure (closed after) or an (H, W, 3) array in [0, 1]."""
+    if isinstance(picture, (bytes, bytearray, memoryview)):
+        png = bytes(picture)
+        if not png.startswith(PNG_SIGNATURE):
+            raise ValueError("a picture given as bytes must be a PNG file (it does not start like one)")
+        return png
+    if hasattr(picture, "savefig"):  # a matplotlib figure: re-encode, optimized, to save page weight
+        rgb = PILImage.open(io.BytesIO(figure_to_png(picture))).convert("RGB")
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+    array = np.asarray(picture, dtype=float)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise TypeError(f"a picture is PNG bytes, a matplotlib figure or an (H, W, 3) array; got "
+                        f"{type(picture).__name__} of shape {getattr(array, 'shape', '?')}")
+    return _png(array)
+
+
+def _entries(tree, spec: Control, where: str) -> list:
+    """The entries of one level of a nested picture (or caption) tree, in the order of spec.labels."""
+    if isinstance(tree, Mapping):
+        missing = [label for label in spec.labels if label not in tree]
+        if missing:
+            raise KeyError(f"{where} has no entry for {spec.name} {missing[0]!r}")
+        return [tree[label] for label in spec.labels]
+    if not isinstance(tree, Sequence) or isinstance(tree, (str, bytes)):
+        raise TypeError(f"{where} should hold one entry per {spec.name}, got {type(tree).__name__}")
+    if len(tree) != len(spec.labels):
+        raise ValueError(f"{where} has {len(tree)} entries, but control {spec.name!r} has "
+                         f"{len(spec.labels)} labels")
+    return list(tree)
+
+
+PICKERS = {"": None, "dropdown": widgets.Dropdown, "toggle": widgets.ToggleButtons,
+           "slider": lambda **options: widgets.SelectionSlider(continuous_update=True, **options)}
+
+
+def _picker(spec: Control, first: bool):
+    make = PICKERS[spec.kind or ("dropdown" if first else "slider")]
+    options = dict(options=list(spec.labels), index=0, description=spec.name)
+    if spec.width:
+        options["layout"] = widgets.Layout(width=spec.width)
+    return make(**options)
+
+
+def _check_controls(controls) -> list[Control]:
+    specs = [c if isinstance(c, Control) else Control(*c) for c in controls]
+    if not 1 <= len(specs) <= 3:
+        raise ValueError(f"a static choice takes 1 to 3 controls, got {len(specs)}")
+    for spec in specs:
+        spec.labels = [str(label) for label in spec.labels]
+        if not spec.labels or len(set(spec.labels)) != len(spec.labels):
+            raise ValueError(f"control {spec.name!r} needs distinct labels, at least one: {spec.labels}")
+        if spec.kind not in PICKERS:
+            raise ValueError(f"control {spec.name!r}: kind must be one of {sorted(PICKERS)}, not {spec.kind!r}")
+    return specs
+
+
+def static_choice(pictures, controls, captions=None, header: str | None = None,
+                  css_class: str | None = None) -> StaticChoice:
+    """Precomputed pictures, one per combination of choices, switched in the browser with no kernel.
+
+    controls: 1 to 3 `Control`s, or (name, labels[, kind[, width]]) tuples, outermost first.
+    pictures: nested one level per control, each level a sequence in label order or a dict keyed by
+    label, e.g. pictures[image][latent] for controls [("image", ...), ("latent", ...)]. A picture
+    is PNG bytes, a matplotlib figure or an (H, W, 3) array in [0, 1]. captions: None, or nested
+    like pictures, an HTML line under each picture. header: an HTML line above the pictures.
+
+    ipywidgets 8: one picker per control; nested Stacks of pages; `jslink(picker.index,
+    stack.selected_index)` for every stack of each depth, so the browser alone switches pages.
+    ipywidgets 7 has no Stack: nested Tabs titled by the labels are the controls, and a note says so.
+    Every small widget shares one Layout (and the captions one style): each would otherwise store
+    its own copy of every default in the page's widget state (about 1 KB apiece).
+    """
+    specs = _check_controls(controls)
+    layout = widgets.Layout()
+    caption_style = widgets.HTML.class_traits()["style"].klass()  # HTMLStyle (8), DescriptionStyle (7)
+    sizes: list[int] = []
+    stacks: list[list] = [[] for _ in specs]
+
+    def leaf(picture, caption, path):
+        png = _as_png(picture)
+        sizes.append(len(png))
+        lines = [] if HAS_STACK else ["; ".join(f"{spec.name}: {html.escape(label)}" for spec, label in path)]
+        lines += [] if caption is None else [str(caption)]
+        children = [widgets.Image(value=png, format="png", layout=layout)]
+        children += [widgets.HTML(" | ".join(lines), layout=layout, style=caption_style)] if lines else []
+        return widgets.VBox(children, layout=layout)
+
+    def build(tree, caption_tree, depth, path):
+        spec = specs[depth]
+        where = "pictures" + "".join(f"[{label!r}]" for _, label in path)
+        entries = _entries(tree, spec, where)
+        notes = [None] * len(entries) if caption_tree is None else _entries(caption_tree, spec, "captions" + where[8:])
+        children = []
+        for label, entry, note in zip(spec.labels, entries, notes):
+            step = path + [(spec, label)]
+            last = depth == len(specs) - 1
+            children.append(leaf(entry, note, step) if last else build(entry, note, depth + 1, step))
+        if HAS_STACK:
+            container = widgets.Stack(children, selected_index=0, layout=layout)
+        else:
+            container = widgets.Tab(children, layout=layout)
+            for i, label in enumerate(spec.labels):
+                container.set_title(i, label)
+        stacks[depth].append(container)
+        return container
+
+    root = build(pictures, captions, 0, [])
+    rows = [] if header is None else [widgets.HTML(header)]
+    if HAS_STACK:
+        pickers = [_picker(spec, first=d == 0) for d, spec in enumerate(specs)]
+        links = [widgets.jslink((picker, "index"), (stack, "selected_index"))
+                 for picker, level in zip(pickers, stacks) for stack in level]
+        widget = widgets.VBox(pickers + rows + [root])
+    else:
+        pickers, links = [], []
+        note = (f"ipywidgets {widgets.__version__} has no Stack widget, so these precomputed pictures "
+                f"are in tabs here (ipywidgets 8 shows {', '.join(s.name for s in specs)} pickers).")
+        widget = widgets.VBox([widgets.HTML(f"<i>{html.escape(note)}</i>")] + rows + [root])
+    for name in (STATIC_CHOICE_CLASS, css_class):
+        if name:
+            widget.add_class(name)  # how the browser tests find it on the page
+    return StaticChoice(widget, pickers, specs, root, stacks, links, sizes, HAS_STACK)
+
+
+# Static attention explorer -------------------------------------------------------------------------
+class StaticExplorer:
+    """A static choice of (image, latent) attention maps, with the names chapter 7 and its tests use.
+
+    image_picker, latent_picker: the Dropdown and SelectionSlider (None on ipywidgets 7); outer: the
+    container switched by the image; inner: those switched by the latent.
+    """
+
+    def __init__(self, choice: StaticChoice):
+        self.choice, self.widget, self.links, self.png_sizes = choice, choice.widget, choice.links, choice.png_sizes
+        self.image_picker, self.latent_picker = (choice.controls or [None, None])
+        self.outer, self.inner = choice.root, list(choice.root.children)
 
     @property
     def payload_bytes(self) -> int:
         return sum(self.png_sizes)
 
     def _repr_mimebundle_(self, **kwargs):
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = (f"StaticExplorer: {len(self.inner)} images x {len(self.inner[0].children)} "
-                                f"latents, {self.payload_bytes / 1024:.0f} KB of PNG")
-        return bundle
+        text = (f"StaticExplorer: {len(self.inner)} images x {len(self.inner[0].children)} latents, "
+                f"{self.payload_bytes / 1024:.0f} KB of PNG")
+        return widget_bundle(self.widget, text, **kwargs)
 
 
 def static_explorer(record: AttentionRecord, latents, labels=None, classes=None, image_ids=None,
@@ -247,32 +449,17 @@ def static_explorer(record: AttentionRecord, latents, labels=None, classes=None,
     classes = list(classes) if classes is not None else [str(c) for c in range(probs.shape[-1])]
     image_ids = list(image_ids) if image_ids is not None else list(range(len(maps)))
     latents = [int(n) for n in latents]
-    # One Layout and one style shared by the 80-odd small widgets: each would otherwise store its own
-    # copy of every default in the page's widget state (about 1 KB apiece).
-    layout, caption_style = widgets.Layout(), HTMLStyle()
-    options, inner, sizes = [], [], []
+    options, pictures, captions = [], [], []
     for b in range(len(maps)):
         guess = int(probs[b].argmax())
         truth = "" if labels is None else f"{classes[int(labels[b])]}, "
         options.append(f"#{image_ids[b]}: {truth}model says {classes[guess]} ({probs[b, guess]:.0%})")
-        pages = []
-        for n in latents:
-            png = attention_png(record.images[b], maps[b, n], scale)
-            sizes.append(len(png))
-            caption = widgets.HTML(f"latent {n}: peak {weights[b, n].max():.3f}, spread over "
-                                   f"{effective_pixels(weights[b, n]):.1f} of {weights.shape[-1]} cells",
-                                   layout=layout, style=caption_style)
-            pages.append(widgets.VBox([widgets.Image(value=png, format="png", layout=layout), caption],
-                                      layout=layout))
-        inner.append(widgets.Stack(pages, selected_index=0, layout=layout))
-    outer = widgets.Stack(inner, selected_index=0, layout=layout)
-    image_picker = widgets.Dropdown(options=options, index=0, description="image",
-                                    layout=widgets.Layout(width="420px"))
-    latent_picker = widgets.SelectionSlider(options=[f"latent {n}" for n in latents], index=0,
-                                            description="latent", continuous_update=True)
-    links = [widgets.jslink((image_picker, "index"), (outer, "selected_index"))]
-    links += [widgets.jslink((latent_picker, "index"), (stack, "selected_index")) for stack in inner]
-    header = widgets.HTML("image | attention map | map over the image (colours relative to each map's peak)")
-    widget = widgets.VBox([image_picker, latent_picker, header, outer])
-    widget.add_class(STATIC_EXPLORER_CLASS)  # how the browser test finds it on the page
-    return StaticExplorer(widget, image_picker, latent_picker, outer, inner, links, sizes)
+        pictures.append([attention_png(record.images[b], maps[b, n], scale) for n in latents])
+        captions.append([f"latent {n}: peak {weights[b, n].max():.3f}, spread over "
+                         f"{effective_pixels(weights[b, n]):.1f} of {weights.shape[-1]} cells" for n in latents])
+    choice = static_choice(
+        pictures, [Control("image", options, "dropdown", "420px"),
+                   Control("latent", [f"latent {n}" for n in latents], "slider")],
+        captions, header="image | attention map | map over the image (colours relative to each map's peak)",
+        css_class=STATIC_EXPLORER_CLASS)
+    return StaticExplorer(choice)

@@ -1,5 +1,9 @@
-"""The live explorer's callbacks (driven from Python), the static explorer's payload, the shipped checkpoint."""
+"""The live explorer's callbacks (driven from Python), static choices and the static explorer, the
+shipped checkpoint. Runs under ipywidgets 8 (.venv) and 7.7.1 (.venv-colab, by tests/test_colab_env.py):
+on 7 a static choice has no Stack and must fall back to tabs, as designed.
+"""
 import dataclasses
+import json
 import sys
 
 import matplotlib
@@ -7,17 +11,30 @@ import matplotlib
 matplotlib.use("Agg")
 
 import ipywidgets as widgets  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from ipywidgets.embed import embed_data  # noqa: E402
+from ipywidgets.embed import dependency_state, embed_data  # noqa: E402
 
 from perceiver_edu import Perceiver, PerceiverConfig  # noqa: E402
 from perceiver_edu.assets import (PRETRAINED, ChecksumError, export_weights, load_pretrained,  # noqa: E402
                                   sha256_of, verified_path)
 from perceiver_edu.attention_maps import collect_attention  # noqa: E402
-from perceiver_edu.explorer import AttentionExplorer, attention_png, static_explorer  # noqa: E402
+from perceiver_edu.explorer import (AttentionExplorer, Control, attention_png, static_choice,  # noqa: E402
+                                    static_explorer)
 
 CLASSES = [f"class{i}" for i in range(10)]
+IPYWIDGETS_8 = int(widgets.__version__.split(".")[0]) >= 8
+
+
+def link_pairs(links) -> set:
+    return {(link.source[0].model_id, link.source[1], link.target[0].model_id, link.target[1]) for link in links}
+
+
+def solid_png(value: float, size: int = 4) -> bytes:
+    """A distinct tiny PNG per value (grey level)."""
+    from perceiver_edu.explorer import _png
+    return _png(np.full((size, size, 3), value))
 
 
 def smooth_images(count: int) -> torch.Tensor:
@@ -69,7 +86,9 @@ def test_live_explorer_callbacks_change_the_image(two_head_model):
     assert explorer.index.value == 1 and explorer.class_picker.value == -1
     explorer.class_picker.value = 7
     assert explorer.index.value == 4
-    assert "live" in explorer._repr_mimebundle_()["text/plain"]
+    bundle = explorer._repr_mimebundle_()
+    assert "live" in bundle["text/plain"]
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
 
 
 def test_live_explorer_single_head_disables_controls():
@@ -90,21 +109,98 @@ def test_static_explorer_is_small_and_linked(two_head_model):
                                image_ids=[10, 11, 12, 13, 14, 15], cross_attend=1, head=1)
     assert len(explorer.png_sizes) == 6 * 8
     assert max(explorer.png_sizes) < 8_000, explorer.png_sizes  # a few KB each
-    assert len(explorer.image_picker.options) == 6 and explorer.image_picker.options[0].startswith("#10: class0")
-    # the links are what make it work without a kernel: dropdown -> outer stack, slider -> every inner stack
-    pairs = {(link.source[0].model_id, link.source[1], link.target[0].model_id, link.target[1])
-             for link in explorer.links}
-    assert (explorer.image_picker.model_id, "index", explorer.outer.model_id, "selected_index") in pairs
-    for stack in explorer.inner:
-        assert (explorer.latent_picker.model_id, "index", stack.model_id, "selected_index") in pairs
-        assert isinstance(stack, widgets.Stack) and len(stack.children) == 8
-    # the page embeds the state of everything reachable, links included, in well under a few MB
-    state = embed_data(views=[explorer.widget])["manager_state"]["state"]
-    assert sum(1 for m in state.values() if m["model_name"] == "LinkModel") == 1 + 6
-    assert len(str(state)) < 1_000_000
+    assert explorer._repr_mimebundle_()["text/plain"].startswith("StaticExplorer: 6 images x 8 latents, ")
+    assert len(explorer.inner) == 6 and all(len(stack.children) == 8 for stack in explorer.inner)
     # the stored image is the one the pair (image, latent) asks for
     shown = bytes(explorer.outer.children[4].children[3].children[0].value)
     assert shown == attention_png(record.images[4], record.maps(1)[4, 1, latents[3]], 3)
+    state = dependency_state([explorer.widget], drop_defaults=True)
+    assert len(json.dumps(state)) < 1_000_000  # the page embeds all of it: well under a few MB
+    if not IPYWIDGETS_8:  # no Stack: tabs titled by the options, no pickers, and a note that says so
+        assert explorer.image_picker is None and explorer.links == []
+        assert isinstance(explorer.outer, widgets.Tab) and explorer.outer.get_title(0).startswith("#10: class0")
+        assert "has no Stack widget" in explorer.widget.children[0].value
+        return
+    assert len(explorer.image_picker.options) == 6 and explorer.image_picker.options[0].startswith("#10: class0")
+    # the links are what make it work without a kernel: dropdown -> outer stack, slider -> every inner stack
+    pairs = link_pairs(explorer.links)
+    assert (explorer.image_picker.model_id, "index", explorer.outer.model_id, "selected_index") in pairs
+    for stack in explorer.inner:
+        assert (explorer.latent_picker.model_id, "index", stack.model_id, "selected_index") in pairs
+        assert isinstance(stack, widgets.Stack)
+    state = embed_data(views=[explorer.widget])["manager_state"]["state"]
+    assert sum(1 for m in state.values() if m["model_name"] == "LinkModel") == 1 + 6
+
+
+def test_static_choice_one_control_from_figures_and_arrays():
+    import matplotlib.pyplot as plt
+
+    figures = []
+    for k in range(3):
+        fig, ax = plt.subplots(figsize=(1, 1))
+        ax.plot([0, 1], [0, k])
+        figures.append(fig)
+    choice = static_choice({"K=2": figures[0], "K=4": figures[1], "K=8": figures[2]},
+                           [Control("bands", ["K=2", "K=4", "K=8"], "toggle")])
+    assert not plt.get_fignums()  # the figures were closed once rendered
+    pictures = [choice.picture(i) for i in range(3)]
+    assert all(p.startswith(b"\x89PNG") for p in pictures) and len(set(pictures)) == 3
+    assert choice.describe().startswith("StaticChoice: 3 bands, ")
+    ramp = static_choice([np.zeros((2, 2, 3)), np.ones((2, 2, 3))], [("level", ["dark", "light"])])
+    assert ramp.picture(1) != ramp.picture(0) and ramp.png_sizes == [len(ramp.picture(0)), len(ramp.picture(1))]
+    if IPYWIDGETS_8:
+        assert isinstance(choice.controls[0], widgets.ToggleButtons) and choice.controls[0].options == ("K=2", "K=4", "K=8")
+        assert isinstance(ramp.controls[0], widgets.Dropdown)  # the default for the first control
+        assert link_pairs(choice.links) == {(choice.controls[0].model_id, "index", choice.root.model_id, "selected_index")}
+    else:
+        assert choice.controls == [] and [choice.root.get_title(i) for i in range(3)] == ["K=2", "K=4", "K=8"]
+
+
+def test_static_choice_three_controls_links_every_stack_of_each_depth():
+    levels = [("K", ["4", "8"]), ("mu", ["16", "32", "64"]), ("view", ["bands", "kernel"], "toggle")]
+    pictures = [[[solid_png((i * 6 + j * 2 + k) / 12) for k in range(2)] for j in range(3)] for i in range(2)]
+    captions = [[[f"K={i} mu={j} view={k}" for k in range(2)] for j in range(3)] for i in range(2)]
+    choice = static_choice(pictures, levels, captions, header="<b>pick</b>", css_class="my-figure")
+    assert len(choice.png_sizes) == 12 and len(set(choice.png_sizes)) >= 1
+    assert [len(level) for level in choice.stacks] == [1, 2, 6]
+    for i in range(2):
+        for j in range(3):
+            for k in range(2):
+                assert choice.picture(i, j, k) == pictures[i][j][k]
+                assert f"K={i} mu={j} view={k}" in choice.page(i, j, k).children[1].value
+    assert {"perceiver-static-choice", "my-figure"} <= set(choice.widget._dom_classes)
+    # one Layout object for all the small widgets: the page state stays small
+    layouts = {id(w.layout) for level in choice.stacks for w in level}
+    layouts |= {id(choice.page(i, j, k).children[0].layout) for i in range(2) for j in range(3) for k in range(2)}
+    assert len(layouts) == 1
+    if IPYWIDGETS_8:
+        kinds = [type(c) for c in choice.controls]
+        assert kinds == [widgets.Dropdown, widgets.SelectionSlider, widgets.ToggleButtons]
+        expected = {(control.model_id, "index", stack.model_id, "selected_index")
+                    for control, level in zip(choice.controls, choice.stacks) for stack in level}
+        assert link_pairs(choice.links) == expected and len(choice.links) == 1 + 2 + 6
+        assert all(isinstance(stack, widgets.Stack) for level in choice.stacks for stack in level)
+    else:  # ipywidgets 7: nested tabs, each page names its whole choice, a note says why
+        assert all(isinstance(tab, widgets.Tab) for level in choice.stacks for tab in level)
+        assert choice.stacks[1][1].get_title(2) == "64" and choice.links == []
+        assert "K: 8; mu: 64; view: kernel" in choice.page(1, 2, 1).children[1].value
+        assert "no Stack widget" in choice.widget.children[0].value and "(tabs: ipywidgets 7)" in choice.describe()
+
+
+def test_static_choice_rejects_bad_input_with_clear_errors():
+    png = solid_png(0.5)
+    with pytest.raises(ValueError, match=r"pictures\['a'\] has 1 entries, but control 'y' has 2 labels"):
+        static_choice({"a": [png], "b": [png, png]}, [("x", ["a", "b"]), ("y", ["1", "2"])])
+    with pytest.raises(KeyError, match="has no entry for x 'b'"):
+        static_choice({"a": png}, [("x", ["a", "b"])])
+    with pytest.raises(ValueError, match="must be a PNG"):
+        static_choice([b"GIF89a"], [("x", ["a"])])
+    with pytest.raises(ValueError, match="distinct labels"):
+        static_choice([png, png], [("x", ["a", "a"])])
+    with pytest.raises(ValueError, match="1 to 3 controls"):
+        static_choice(png, [])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        static_choice([png], [("x", ["a"], "knob")])
 
 
 def test_checkpoint_export_round_trip_and_checksum(tmp_path):
@@ -143,12 +239,12 @@ def test_the_shipped_checkpoint_matches_its_recorded_sha256():
     assert PRETRAINED["cpu-cifar10"]["command"].startswith("python -m perceiver_edu.train")
 
 
-def test_colab_widget_manager_is_enabled_only_in_colab(monkeypatch):
+def test_colab_needs_no_custom_widget_manager(monkeypatch):
+    """Only core widgets are used, and Colab renders core ipywidgets 7.7 itself: nothing to enable."""
     from types import ModuleType
 
     from perceiver_edu.explorer import enable_colab_widgets
 
-    assert enable_colab_widgets() is False  # not in Colab: nothing to do
     calls = []
     colab, output = ModuleType("google.colab"), ModuleType("google.colab.output")
     output.enable_custom_widget_manager = lambda: calls.append("enabled")
@@ -158,4 +254,4 @@ def test_colab_widget_manager_is_enabled_only_in_colab(monkeypatch):
     monkeypatch.setitem(sys.modules, "google", google)
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setitem(sys.modules, "google.colab.output", output)
-    assert enable_colab_widgets() is True and calls == ["enabled"]
+    assert enable_colab_widgets() is False and calls == []
