@@ -107,18 +107,59 @@ def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = 1 
     return digest.hexdigest()
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class that a CIFAR-10 batch never contains."""
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How pickle protocol 2 under Python 3 writes bytes: _codecs.encode(text, "latin1")."""
+    if encoding != "latin1":
+        raise _RefusedGlobal(f"it calls _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+# Every name a CIFAR-10 batch's pickle refers to: numpy's array and dtype rebuilders (numpy 1.x writes
+# numpy.core, numpy 2.x numpy._core; protocol 5 uses _frombuffer, 2 to 4 _reconstruct), plus how
+# protocol 2 under Python 3 stores bytes. The functions come from numpy's own reductions, so they are
+# this numpy's whatever its module layout.
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_FROM_BUFFER = np.zeros(1).__reduce_ex__(5)[0]
+_BATCH_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT, ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROM_BUFFER, ("numpy._core.numeric", "_frombuffer"): _FROM_BUFFER,
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads only what a CIFAR-10 batch holds: dicts, lists, str, bytes, numbers and numpy arrays.
+
+    A pickle may name any importable function and have it called while loading: that is how a
+    tampered file runs code. This unpickler refuses every name but those in _BATCH_GLOBALS."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise _RefusedGlobal(f"it refers to {module}.{name}, which a CIFAR-10 batch never contains")
+        return _BATCH_GLOBALS[module, name]
+
+
 def _read_pickle(path: Path) -> dict:
+    clean_copy = (f"Delete {path.parent} and download it again (the official archive is md5-checked), or "
+                  f"re-run python ../shared/data/prepare_cifar10.py {path.parent.parent}")
     if not path.is_file():
         raise CorruptDatasetError(f"{path} is missing. The folder {path.parent} is incomplete: delete it and "
                                   f"download again, or re-run python ../shared/data/prepare_cifar10.py "
                                   f"{path.parent.parent}")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")  # the official files were pickled by Python 2
+            obj = _BatchUnpickler(f, encoding="latin1").load()  # the official files were pickled by Python 2
+    except _RefusedGlobal as error:
+        raise CorruptDatasetError(f"{path} was not loaded: {error}. Nothing in it was run; the file was "
+                                  f"not written by the CIFAR-10 tools and may have been tampered with. "
+                                  f"{clean_copy}") from None
     except Exception as error:  # EOFError, UnpicklingError, ValueError, ... all mean a damaged file
         raise CorruptDatasetError(f"{path} is truncated or corrupted ({type(error).__name__}: {error}). "
-                                  f"Delete {path.parent} and download it again, or re-run "
-                                  f"python ../shared/data/prepare_cifar10.py {path.parent.parent}") from error
+                                  f"{clean_copy}") from error
     if not isinstance(obj, dict):
         raise CorruptDatasetError(f"{path} does not hold a CIFAR-10 batch (found a {type(obj).__name__}, "
                                   f"expected a dict)")

@@ -15,6 +15,7 @@ What the trainer does, and why:
 - A checkpoint after every epoch, written to a temporary file and renamed over `last.pt`, so a kill
   never leaves a broken checkpoint. It holds model, optimizer, schedule, every RNG state and the
   history, so `resume=True` finishes exactly where an uninterrupted run would (bit-identical on CPU).
+  Checkpoints are read with weights_only=True, so loading one never runs code (see `checkpoints.py`).
 - A NaN/inf loss raises NonFiniteLossError at once; the last good checkpoint is untouched.
 - `time_budget` seconds: the learning-rate decay follows the clock so that it ends when the time does,
   and training stops early enough to leave room for the final test evaluation inside the budget.
@@ -34,7 +35,6 @@ import argparse
 import dataclasses
 import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -50,11 +50,11 @@ from .config import PerceiverConfig
 from .device import describe_device, pick_device, seed_everything
 from .data import CIFAR10Data, eval_batches, load_cifar10, to_float, train_batches
 from .model import Perceiver, count_parameters
-from .registry import architecture_of, build_model, config_from_dict
+from .registry import architecture_of, build_model
+from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, OldCheckpointWarning, UnsafeCheckpointError,  # noqa: F401
+                          load_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .optim import OPTIMIZERS, SCHEDULES, LRSchedule, build_optimizer
 
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = 1
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -256,60 +256,7 @@ def update_weights(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
         optimizer.step()
 
 
-# Checkpoints ----------------------------------------------------------------------------------
-def _rng_state(data_generator: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "data": data_generator.get_state()}
-
-
-def _set_rng_state(state: dict, data_generator: torch.Generator):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    data_generator.set_state(state["data"])
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict):
-    """Write to PATH.tmp, flush to disk, then rename over PATH: a kill mid-write leaves PATH intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        # weights_only=False: our checkpoints also hold Python/numpy RNG states. Only load files you made.
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); "
-                         f"delete it to start again") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a perceiver_edu checkpoint (format {CHECKPOINT_FORMAT})")
-    return state
-
-
-def load_checkpoint(path: str | os.PathLike, device=None) -> tuple[torch.nn.Module, list[dict]]:
-    """(model in eval mode, history) from a checkpoint file or a checkpoint directory."""
-    device = torch.device(device) if device is not None else pick_device()
-    state = read_checkpoint(path, map_location=device)
-    model = build_model(config_from_dict(state["model_config"], state.get("architecture", "perceiver"))).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), state["history"]
-
-
+# Checkpoints: see checkpoints.py -------------------------------------------------------------
 def _differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
     return [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys
@@ -362,10 +309,14 @@ class TrainState:
         return cls(model, optimizer, make_schedule(optimizer, recipe, plan.steps_per_epoch),
                    make_grad_scaler(amp_dtype), data_generator)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-                "rng": _rng_state(self.data_generator), "history": self.history, "epoch": self.epoch,
+                "rng": rng_state(self.data_generator, self.device), "history": self.history, "epoch": self.epoch,
                 "step": self.step, "finished": self.finished}
 
     def load_state_dict(self, saved: dict):
@@ -374,7 +325,7 @@ class TrainState:
         self.schedule.load_state_dict(saved["schedule"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        _set_rng_state(saved["rng"], self.data_generator)
+        set_rng_state(saved["rng"], self.data_generator, self.device)
         self.history, self.epoch, self.step, self.finished = (saved["history"], saved["epoch"], saved["step"],
                                                               saved["finished"])
 

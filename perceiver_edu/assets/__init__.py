@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_NAME, read_checkpoint
 from ..data import file_digest
 from ..registry import build_model, config_from_dict
 
 ASSETS = Path(__file__).resolve().parent
-EXPORT_FORMAT = 1  # the trainer's CHECKPOINT_FORMAT: train.load_checkpoint reads these files too
+EXPORT_FORMAT = CHECKPOINT_FORMAT  # train.load_checkpoint reads these files too (cpu_cifar10.pt is format 1)
 
 PRETRAINED = {
     "cpu-cifar10": {
@@ -87,9 +88,14 @@ def load_pretrained(name: str = "cpu-cifar10", device=None, path: str | os.PathL
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, dtype=torch.float16) -> str:
-    """Write the reader's part of a trainer checkpoint to `out`; returns the new file's SHA-256."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+    """Write the reader's part of a trainer checkpoint to `out`; returns the new file's SHA-256.
+
+    The checkpoint is read with weights_only=True (see checkpoints.py): a crafted file runs nothing."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / CHECKPOINT_NAME
+    state = read_checkpoint(checkpoint, map_location="cpu")
+    if "model" not in state or "model_config" not in state:
         raise ValueError(f"{checkpoint} is not a perceiver_edu training checkpoint")
     slim = {"format": EXPORT_FORMAT,
             "model": {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["model"].items()},

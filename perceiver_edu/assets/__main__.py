@@ -13,7 +13,10 @@ commands.add_parser("verify", help="check every shipped file against its recorde
 args = parser.parse_args()
 
 if args.command == "export":
-    print(f"{args.out}: sha256 {export_weights(args.checkpoint, args.out)}")
+    try:
+        print(f"{args.out}: sha256 {export_weights(args.checkpoint, args.out)}")
+    except (ValueError, FileNotFoundError) as error:  # UnsafeCheckpointError is a ValueError
+        sys.exit(f"error: {error}")
 else:
     try:
         for name in PRETRAINED:
