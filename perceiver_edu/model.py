@@ -18,6 +18,20 @@ from .positional import FourierPositionEncoding, LearnedPositionEncoding, trunca
 from .registry import register
 
 
+def fixed_pixel_order(height: int, width: int, seed: int) -> torch.Tensor:
+    """One fixed random order of the H*W pixels (paper Table 2's "permuted ImageNet").
+
+    Drawn on the CPU from its own generator, so a seed gives the same order on every device.
+    Entry j is the original (row-major) index of the pixel that goes to place j.
+    """
+    return torch.randperm(height * width, generator=torch.Generator().manual_seed(seed))
+
+
+def permute_pixels(images: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W) with pixel j of the result taken from place order[j]."""
+    return images.flatten(2)[:, :, order].view_as(images)
+
+
 def _sharing_plan(count: int, share: bool) -> list:
     """Which stored module each repetition uses: [0, 1, 1, ...] when shared after the first."""
     return [min(i, 1) for i in range(count)] if share else list(range(count))
@@ -38,10 +52,14 @@ class Perceiver(nn.Module):
         if config.modality == "image":
             self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, -1, 1, 1), persistent=False)
+        if config.pixel_permutation is not None:
+            self.register_buffer("pixel_order", fixed_pixel_order(*config.input_axes, config.pixel_permutation),
+                                 persistent=False)
         if config.position_encoding == "fourier":
             self.position = FourierPositionEncoding(config.grid, config.num_bands, config.max_resolution)
         elif config.position_encoding == "learned":
-            self.position = LearnedPositionEncoding(config.num_inputs, config.learned_position_dim)
+            self.position = LearnedPositionEncoding(config.num_inputs, config.learned_position_dim,
+                                                    config.learned_position_scale)
         else:
             self.position = None
 
@@ -63,7 +81,9 @@ class Perceiver(nn.Module):
             self.decoder_query = nn.Parameter(truncated_normal((1, config.latent_dim)))  # (1, D)
             self.decoder_attention = CrossAttentionBlock(config.latent_dim, config.latent_dim, num_heads=1,
                                                          widening=1, dropout=config.dropout)
-        self.norm_out = nn.LayerNorm(config.latent_dim)
+        # DeepMind's ClassificationDecoder goes straight from its cross-attend to the final linear
+        # layer; the mean decoder keeps a LayerNorm on the pooled latents (a pre-LN tower's last norm).
+        self.norm_out = nn.Identity() if config.decoder == "query" else nn.LayerNorm(config.latent_dim)
         self.classifier = nn.Linear(config.latent_dim, config.num_classes)
 
     # The input array -----------------------------------------------------------------------
@@ -71,12 +91,20 @@ class Perceiver(nn.Module):
         """Turn a batch into the (B, M, C) array the latents attend to: values + position features."""
         config = self.config
         if config.modality == "image":
-            values = self._patches(self._check_image(x))  # (B, M, C_values)
+            x = self._check_image(x)
+            if config.pixel_permutation is not None:
+                # After augmentation (the trainer's, in image space), before space-to-depth: with
+                # patches, a patch is built from scattered pixels; the locality prior is gone.
+                x = permute_pixels(x, self.pixel_order)
+            values = self._patches(x)  # (B, M, C_values)
         else:
             values = self._check_array(x).flatten(1, -2)  # (B, M, C_values)
         if self.position is None:
             return values
-        position = self.position().to(values.dtype).expand(values.shape[0], -1, -1)  # (B, M, C_pos)
+        position = self.position()  # (M, C_pos), row-major over the grid
+        if config.pixel_permutation is not None and config.patch_size == 1:
+            position = position[self.pixel_order]  # each pixel keeps the features of its original place
+        position = position.to(values.dtype).expand(values.shape[0], -1, -1)  # (B, M, C_pos)
         return torch.cat([values, position], dim=-1)  # (B, M, C)
 
     def _check_image(self, x: torch.Tensor) -> torch.Tensor:

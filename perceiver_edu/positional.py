@@ -94,18 +94,19 @@ class FourierPositionEncoding(nn.Module):
 
 
 class LearnedPositionEncoding(nn.Module):
-    """One trainable vector per input position, initialised by `truncated_normal` (std 0.02).
+    """One trainable vector per input position, initialised by `truncated_normal` (std `init_scale`).
 
     The paper's learned-position model (Table 2, row "(Learned pos.)") uses "a fully learned,
     128-dimensional position encoding" (Sec. 4.1, "Permuted ImageNet"), initialised like the latent
     array (a truncated normal, App. C) at scale 1.0: "We found that a scale of 1.0 worked best for
     initializing the position encoding: this value is used for the model reported in Tab. 2."
-    (App. B). Here the width is `dim` (`PerceiverConfig.learned_position_dim`).
+    (App. B). Here the width is `dim` (`PerceiverConfig.learned_position_dim`) and the scale
+    `init_scale` (`PerceiverConfig.learned_position_scale`; DeepMind's code defaults to 0.02).
     """
 
-    def __init__(self, num_positions: int, dim: int):
+    def __init__(self, num_positions: int, dim: int, init_scale: float = 0.02):
         super().__init__()
-        self.features = nn.Parameter(truncated_normal((num_positions, dim)))
+        self.features = nn.Parameter(truncated_normal((num_positions, dim), std=init_scale))
 
     @property
     def dim(self) -> int:

@@ -16,7 +16,7 @@ def register(name: str, config_class: type, model_class: type) -> None:
 
 
 def _builtin() -> dict[str, tuple[type, type]]:
-    from . import model  # noqa: F401  (importing registers the built-in architectures)
+    from . import baselines, model  # noqa: F401  (importing registers the built-in architectures)
     return ARCHITECTURES
 
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from perceiver_edu import Perceiver, PerceiverConfig, parameter_count
+from perceiver_edu import Perceiver, PerceiverConfig, count_parameters, parameter_count
 
 SMALL_PRESETS = ["cpu", "seed"]
 
@@ -144,3 +144,77 @@ def test_bad_input_errors(bad, message):
 def test_integer_images_are_rejected():
     with pytest.raises(TypeError, match="float"):
         Perceiver(PerceiverConfig.preset("cpu"))(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+# Perceiver IO fidelity (issue 10, item 9) ---------------------------------------------------
+def test_imagenet_io_parameter_count_is_exact():
+    # The Perceiver IO paper gives 48.4M for its ImageNet model (2D Fourier features, config A).
+    # Exact count of our preset: DeepMind's ClassificationDecoder has no LayerNorm between its
+    # cross-attend and the final linear layer, so neither has ours (with one: 48,442,675).
+    assert parameter_count(PerceiverConfig.preset("imagenet_io")) == 48_440_627
+
+
+def test_query_decoder_goes_straight_to_the_classifier():
+    config = PerceiverConfig.preset("cpu", decoder="query")
+    model = Perceiver(config)
+    assert isinstance(model.norm_out, torch.nn.Identity)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in (model.norm_out, model.classifier))
+    mean = Perceiver(PerceiverConfig.preset("cpu"))
+    # query (D) + cross-attend block at width D, minus the mean decoder's final LayerNorm (2D)
+    block = sum(p.numel() for p in model.decoder_attention.parameters())
+    assert parameter_count(config) == count_parameters(mean) + config.latent_dim + block - 2 * config.latent_dim
+
+
+# Learned positions as in the paper (issue 10, item 7) ----------------------------------------
+def test_learned_positions_follow_the_paper():
+    config = PerceiverConfig.preset("cpu", position_encoding="learned")
+    assert config.learned_position_dim == 128 and config.learned_position_scale == 1.0
+    torch.manual_seed(0)
+    features = Perceiver(config).position.features  # (M, 128), truncated normal at scale 1.0
+    assert features.shape == (config.num_inputs, 128)
+    assert features.abs().max() <= 2.0 and 0.8 < features.std().item() < 0.95
+    small = Perceiver(dataclasses.replace(config, learned_position_scale=0.02)).position.features
+    assert small.abs().max() <= 0.04 + 1e-7
+
+
+# Permuted images (paper Table 2) --------------------------------------------------------------
+@pytest.mark.parametrize("position_encoding", ["fourier", "learned"])
+def test_pixel_perceiver_computes_the_same_function_on_permuted_images(position_encoding):
+    # Each pixel keeps the position features of its original place, and attention does not care
+    # about row order: the logits are equal up to float rounding.
+    torch.manual_seed(0)
+    config = PerceiverConfig.preset("cpu", patch_size=1, position_encoding=position_encoding)
+    plain = Perceiver(config).eval()
+    permuted = Perceiver(dataclasses.replace(config, pixel_permutation=7)).eval()
+    permuted.load_state_dict(plain.state_dict())
+    images = torch.rand(3, 3, 32, 32)
+    rows = permuted.input_array(images)
+    assert not torch.allclose(rows, plain.input_array(images))  # the rows really are shuffled
+    torch.testing.assert_close(permuted(images), plain(images), atol=1e-5, rtol=0)
+
+
+def test_patch_perceiver_on_permuted_images_is_a_different_function():
+    # Patches are built after the permutation, from scattered pixels: the locality prior is gone.
+    torch.manual_seed(0)
+    config = PerceiverConfig.preset("cpu")  # 2x2 patches
+    plain = Perceiver(config).eval()
+    permuted = Perceiver(dataclasses.replace(config, pixel_permutation=7)).eval()
+    permuted.load_state_dict(plain.state_dict())
+    images = torch.rand(3, 3, 32, 32)
+    assert not torch.allclose(permuted(images), plain(images), atol=1e-3)
+    # ... and its position features stay those of the patch grid
+    torch.testing.assert_close(permuted.input_array(images)[..., 12:], plain.input_array(images)[..., 12:])
+
+
+def test_pixel_permutation_is_fixed_by_its_seed():
+    from perceiver_edu.model import fixed_pixel_order, permute_pixels
+    order = fixed_pixel_order(32, 32, 5)
+    assert torch.equal(order, fixed_pixel_order(32, 32, 5)) and not torch.equal(order, fixed_pixel_order(32, 32, 6))
+    assert torch.equal(order.sort().values, torch.arange(1024))
+    image = torch.arange(2 * 1024, dtype=torch.float32).view(1, 2, 32, 32)
+    moved = permute_pixels(image, order)
+    assert moved[0, 1].flatten()[10] == image[0, 1].flatten()[order[10]]
+    with pytest.raises(ValueError, match="pixel_permutation"):
+        PerceiverConfig.preset("cpu", pixel_permutation=-2)
+    with pytest.raises(ValueError, match="images only"):
+        PerceiverConfig(modality="array", input_axes=(10,), pixel_permutation=0)
