@@ -5,7 +5,10 @@
 #
 #   make test        unit tests, browser test, and nbval on every notebook (strict, sanitised)
 #   make book        build _build/html from the stored outputs; warnings are errors; no page may
-#                    load anything from another host
+#                    load anything from another host, nor show an image without alt text and
+#                    figure caption (tools/check_alt_text.py)
+#   make format      ruff format + ruff check --fix on the converted chapters (issue 15's list in
+#                    tests/test_notebook_style.py), or on one: make format NB=notebooks/06_...ipynb
 #   make mutation    mutation check of the core modules with mutmut (long: see README, Testing);
 #                    MODULES="optim data" for some, MUTATION_JOBS=N workers
 #   make notebooks   re-execute every notebook in place on the CPU, in reading order
@@ -129,6 +132,20 @@ book: setup vendor
 	$(VENV)/bin/jupyter-book build . --toc $(TOC) --all -W -n --keep-going; \
 	echo "book built in $$(( $$(date +%s) - start )) s: $(BUILD)/html/index.html"
 	$(PY) tools/check_offline_html.py $(BUILD)/html
+	$(PY) tools/check_alt_text.py $(BUILD)/html
+
+# ruff on the chapters (notebooks/ruff.toml: 77 characters). Only the converted chapters, or NB=...:
+# the others are still being edited. `make test` checks the same (tests/test_notebook_style.py).
+.PHONY: format
+format: setup
+	@notebooks="$${NB:-$$($(PY) tests/test_notebook_style.py --converted)}"; \
+	if [ -z "$$notebooks" ]; then \
+	  echo "make format: no chapter is converted yet; name one: make format NB=notebooks/..."; \
+	  exit 0; \
+	fi; \
+	$(VENV)/bin/ruff check --fix --exit-zero --quiet $$notebooks; \
+	$(VENV)/bin/ruff format $$notebooks; \
+	$(VENV)/bin/ruff check $$notebooks
 
 clean:
 	rm -rf $(BUILD)
