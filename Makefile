@@ -12,6 +12,7 @@
 #   make mutation    mutation check of the core modules with mutmut (long: see README, Testing);
 #                    MODULES="optim data" for some, MUTATION_JOBS=N workers
 #   make notebooks   re-execute every notebook in place on the CPU, in reading order
+#   make diagrams    redraw the SVG figures in book/figures from the presets (tools/diagrams.py)
 #   make clean       remove _build;  make distclean: also .venv and .vendor
 #
 # Variables: TOC=path/to/toc.yml (book, notebooks), NB_TIMEOUT=seconds per notebook,
@@ -52,7 +53,7 @@ AUTO_DATA := 1
 endif
 endif
 
-.PHONY: help setup vendor chromium data test notebooks book clean distclean mutation
+.PHONY: help setup vendor chromium data test notebooks diagrams book clean distclean mutation
 
 help:
 	@sed -n '1,/^$$/p' $(firstword $(MAKEFILE_LIST)) | sed 's/^# \{0,1\}//'
@@ -122,6 +123,9 @@ mutation: setup
 	  $(foreach m,$(MODULES),"perceiver_edu.$(m).*"); \
 	echo "mutmut ran for $$(( $$(date +%s) - start )) s with $(MUTATION_JOBS) worker(s)"
 	$(PY) tools/mutation_report.py $(MODULES)
+
+diagrams: setup
+	$(PY) tools/diagrams.py book/figures
 
 notebooks: setup data
 	$(CPU_ENV) $(PY) tools/run_notebooks.py --toc $(TOC) --timeout $(NB_TIMEOUT)
