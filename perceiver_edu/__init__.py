@@ -9,6 +9,19 @@ from .device import describe_device, pick_device, seed_everything
 from .attention_maps import AttentionRecord, collect_attention, to_grid
 from .scaling import AttentionWorkload, TensorMemoryTracker, attention_cost, measure, peak_memory, time_call
 from .data import CLASSES, CIFAR10Data, load_cifar10
-# `train` the function is not re-exported: it would hide the module perceiver_edu.train (use
-# `from perceiver_edu.train import train`).
-from .train import TrainConfig, confusion_matrix, evaluate, load_checkpoint, predict
+
+# The trainer's names load on first use, not here: importing perceiver_edu.train with the package would
+# make `python -m perceiver_edu.train` warn that the module was already imported. `train` the function
+# is not offered: it would hide the module perceiver_edu.train (use `from perceiver_edu.train import train`).
+_FROM_TRAIN = ("TrainConfig", "confusion_matrix", "evaluate", "load_checkpoint", "predict")
+
+
+def __getattr__(name):
+    if name in _FROM_TRAIN:
+        from . import train
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FROM_TRAIN))

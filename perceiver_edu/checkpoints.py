@@ -5,6 +5,10 @@ rebuilds only tensors, numbers, strings and plain containers and refuses any oth
 a file crafted to run code when unpickled raises `UnsafeCheckpointError` and nothing in it runs.
 That is why every random-number state is stored as tensors, ints and tuples (format 2).
 
+Damage: a checkpoint is written to a temporary file and renamed into place, so a kill never leaves
+half a file; the one it replaces is kept as previous.pt, so that a latest file damaged later (a
+failing disk, a truncated copy) falls back to the one before, with a warning that names it.
+
 Format 1 (before) kept numpy's RNG state as a numpy array. Such a file is still read with
 weights_only=True, allowing exactly numpy's array rebuilders (`_reconstruct`, `ndarray`, `dtype`),
 and an `OldCheckpointWarning` says so.
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import warnings
 from pathlib import Path
 
@@ -24,12 +29,21 @@ from .device import pick_device
 from .registry import build_model, config_from_dict
 
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"  # the checkpoint last.pt replaced, kept for when last.pt is damaged
 CHECKPOINT_FORMAT = 2      # 2: RNG states as tensors and plain values, readable with weights_only=True
 READABLE_FORMATS = (1, 2)  # 1: numpy's RNG state as a numpy array (trainer before format 2; exports)
 
 
 class UnsafeCheckpointError(ValueError):
     """The file refers to Python code that no checkpoint contains; it was not loaded."""
+
+
+class DamagedCheckpointError(ValueError):
+    """The file is truncated or otherwise unreadable (and so is previous.pt, if any)."""
+
+
+class DamagedCheckpointWarning(UserWarning):
+    """The latest checkpoint was damaged: the previous one was used instead."""
 
 
 class OldCheckpointWarning(UserWarning):
@@ -75,9 +89,20 @@ def set_rng_state(state: dict, data_generator: torch.Generator, device: torch.de
     _set_numpy_rng_state(state["numpy"])
 
 
-# Files ----------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, state: dict):
-    """Write to PATH.tmp, flush to disk, then rename over PATH: a kill mid-write leaves PATH intact."""
+# Writing ----------------------------------------------------------------------------------------------
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where the checkpoint that PATH replaced is kept: previous.pt beside last.pt."""
+    path = Path(path)
+    return path.with_name(PREVIOUS_NAME if path.name == CHECKPOINT_NAME else f"{path.stem}.previous{path.suffix}")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, keep_previous: bool = True):
+    """Write PATH atomically; the checkpoint it replaces stays beside it as previous.pt.
+
+    PATH.tmp is written and flushed to disk first, so a kill mid-write leaves PATH intact. Only then
+    does the old PATH become previous.pt and PATH.tmp replace PATH, both by renames (atomic). If PATH
+    is later found damaged (a failing disk, a truncated copy), `read_checkpoint` falls back to
+    previous.pt. keep_previous=False leaves previous.pt alone (when PATH is known to be damaged)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -85,9 +110,23 @@ def save_checkpoint(path: str | os.PathLike, state: dict):
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous and path.is_file():
+        _keep_as_previous(path)
     os.replace(tmp, path)
 
 
+def _keep_as_previous(path: Path):
+    """previous.pt := PATH, atomically, and without a moment when PATH is missing."""
+    staged = previous_path(path).with_name(previous_path(path).name + ".tmp")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)  # a second name for the same bytes: nothing to copy
+    except OSError:            # a filesystem without hard links
+        shutil.copyfile(path, staged)
+    os.replace(staged, previous_path(path))
+
+
+# Reading ----------------------------------------------------------------------------------------------
 def _format_1_numpy_globals() -> list:
     """What rebuilds numpy's (624,) uint32 RNG keys, under the names numpy 1.x and 2.x pickle it with.
 
@@ -136,23 +175,53 @@ def load_safely(path: str | os.PathLike, map_location="cpu"):
     return state
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """The dict a trainer checkpoint holds, from a file or a checkpoint directory; runs no code."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+def _read_one(path: Path, map_location) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = load_safely(path, map_location)
     except UnsafeCheckpointError:
         raise
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); "
-                         f"delete it to start again") from error
+    except Exception as error:  # a truncated or otherwise damaged file
+        raise DamagedCheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                                     f"{error})") from error
     if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{path} is not a perceiver_edu checkpoint (formats {READABLE_FORMATS})")
+        raise DamagedCheckpointError(f"{path} is not a perceiver_edu checkpoint (formats {READABLE_FORMATS})")
     return state
+
+
+def find_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[dict, Path]:
+    """(the checkpoint's dict, the file it came from): PATH (or DIR/last.pt), else previous.pt beside it.
+
+    A damaged or missing PATH falls back to previous.pt with a DamagedCheckpointWarning that names it.
+    A file that refers to code (UnsafeCheckpointError) is never passed over: that needs a person."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    previous = previous_path(path)
+    try:
+        return _read_one(path, map_location), path
+    except (DamagedCheckpointError, FileNotFoundError) as error:
+        if not previous.is_file():
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise DamagedCheckpointError(f"{error}; there is no {previous.name} beside it to fall back to. "
+                                         f"Delete it to start again") from error
+        problem = error
+    try:
+        state = _read_one(previous, map_location)
+    except DamagedCheckpointError as error:
+        raise DamagedCheckpointError(f"{problem}, and {error}. Delete both to start again") from error
+    warnings.warn(f"{problem}; using {previous} instead (the checkpoint before it, after epoch "
+                  f"{state.get('epoch')}).", DamagedCheckpointWarning, stacklevel=2)
+    return state, previous
+
+
+def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The dict a trainer checkpoint holds, from a file or a checkpoint directory; runs no code.
+
+    Falls back to previous.pt when the latest is damaged (see `find_checkpoint`)."""
+    return find_checkpoint(path, map_location)[0]
 
 
 def load_checkpoint(path: str | os.PathLike, device=None) -> tuple[torch.nn.Module, list[dict]]:

@@ -1,4 +1,4 @@
-"""Train a Perceiver on CIFAR-10: a resumable trainer with a wall-clock budget, as an API and a CLI.
+"""Train a Perceiver on CIFAR-10: a resumable trainer with a wall-clock budget (its CLI is cli.py).
 
     python -m perceiver_edu.train --preset cpu --time-budget 600
     python -m perceiver_edu.train --preset seed --epochs 30 --checkpoint-dir runs/seed [--resume]
@@ -31,11 +31,9 @@ How it is built, in the spirit of minGPT's Trainer and nanoGPT's loop (read it t
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -46,15 +44,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import PerceiverConfig
-from .device import describe_device, pick_device, seed_everything
+from .device import pick_device, seed_everything
 from .data import CIFAR10Data, eval_batches, load_cifar10, to_float, train_batches
-from .model import Perceiver, count_parameters
 from .registry import architecture_of, build_model
-from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, OldCheckpointWarning, UnsafeCheckpointError,  # noqa: F401
-                          load_checkpoint, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
+from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, PREVIOUS_NAME, DamagedCheckpointError,  # noqa: F401
+                          OldCheckpointWarning, UnsafeCheckpointError, find_checkpoint, load_checkpoint,
+                          previous_path, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .optim import OPTIMIZERS, SCHEDULES, LRSchedule, build_optimizer
-
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -429,6 +425,7 @@ class Trainer:
         self.start_time = time.perf_counter() if start_time is None else start_time
         self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
         self.budget = TimeBudget(None, self.start_time)
+        self.latest_is_good = True  # may the checkpoint on disk become previous.pt when the next is saved?
 
     def run(self) -> list[dict]:
         """Train until the plan or the time budget ends, then make sure the last epoch was evaluated."""
@@ -550,17 +547,19 @@ class Trainer:
         if self.checkpoint_path is None:
             return
         began = time.perf_counter()
-        save_checkpoint(self.checkpoint_path, self.facts.checkpoint(self.state))
+        save_checkpoint(self.checkpoint_path, self.facts.checkpoint(self.state), keep_previous=self.latest_is_good)
+        self.latest_is_good = True
         self.budget.save_seconds = time.perf_counter() - began
 
     def resume(self):
         path = self.checkpoint_path
-        if path is None or not path.is_file():
+        if path is None or not (path.is_file() or previous_path(path).is_file()):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; run once without --resume to start one")
-        saved = read_checkpoint(path, map_location=self.device)
-        self.facts.check_same_run(saved, path)
+        saved, used = find_checkpoint(path, map_location=self.device)
+        self.latest_is_good = used == path  # else keep previous.pt: a damaged last.pt must not replace it
+        self.facts.check_same_run(saved, used)
         self.state.load_state_dict(saved)
-        self.log(f"resumed from {path} after epoch {self.state.epoch} ({self.state.step} steps)")
+        self.log(f"resumed from {used} after epoch {self.state.epoch} ({self.state.step} steps)")
 
 
 def _check_image_model(model_config):
@@ -619,80 +618,11 @@ def train(model, train_config: TrainConfig | None = None,
     return model, history
 
 
-# Command line ------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m perceiver_edu.train",
-                                description="Train a Perceiver on CIFAR-10 (CPU or CUDA). The last line printed "
-                                            "is 'test accuracy: XX.XX%'.")
-    p.add_argument("--preset", help="model preset and its recipe (default: seed on CUDA, cpu on CPU); "
-                                    f"one of {', '.join(PerceiverConfig.preset_names())}")
-    p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's; with --time-budget "
-                                              "and no --epochs, as many as the time allows)")
-    p.add_argument("--data", help="folder holding cifar-10-batches-py/ (default: $PERCEIVER_EDU_DATA, "
-                                  "else ~/.cache/perceiver_edu)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="finish (final evaluation included) within this many seconds")
-    p.add_argument("--train-images", type=int, metavar="N",
-                   help="budget: train on N images in all (whole batches), instead of whole epochs")
-    p.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random subset of N images")
-    p.add_argument("--test-subset", type=int, metavar="N", help="evaluate on a fixed random subset of N images")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--checkpoint-dir", help="write last.pt here after every epoch")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint-dir")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--eval-every", type=int, help="test evaluation every N epochs (0: only at the end)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: $PERCEIVER_EDU_DEVICE, else cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-# Epochs for a budgeted run without --epochs: an upper bound only, the clock decides the length.
-BUDGET_EPOCHS = 1000
-
-
+# Command line: see cli.py ----------------------------------------------------------------------
 def main(argv=None) -> float:
-    start_time = time.perf_counter()
-    args = _parser().parse_args(argv)
-    try:
-        device = pick_device(args.device)
-        preset = args.preset or ("seed" if device.type == "cuda" else "cpu")
-        model_config = PerceiverConfig.preset(preset)
-        overrides = {key: value for key, value in (
-            ("epochs", args.epochs), ("seed", args.seed), ("batch_size", args.batch_size), ("lr", args.lr),
-            ("optimizer", args.optimizer), ("eval_every", args.eval_every),
-            ("train_images", args.train_images)) if value is not None}
-        if args.time_budget is not None and args.epochs is None:
-            overrides["epochs"] = BUDGET_EPOCHS
-        if args.compile:
-            overrides["compile"] = True
-        train_config = TrainConfig.recipe(preset, **overrides)
-        data = load_cifar10(args.data, device=device, train_subset=args.train_subset, test_subset=args.test_subset)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        sys.exit(f"error: {error}")
-    print(f"{model_config.name} Perceiver: {count_parameters(Perceiver(model_config)) / 1e6:.2f}M parameters, "
-          f"{model_config.num_latents} latents x {model_config.latent_dim}, {model_config.num_inputs} inputs "
-          f"x {model_config.input_dim} channels; {describe_device(device)}, "
-          f"{autocast_dtype(device, train_config.amp) or 'fp32'}")
-    print(data.describe())
-    print(f"recipe: {train_config}")
-    try:
-        model, history = train(model_config, train_config, data, device=device, checkpoint_dir=args.checkpoint_dir,
-                               resume=args.resume, time_budget=args.time_budget, start_time=start_time,
-                               progress=not args.no_progress, log=print)
-    except (NonFiniteLossError, CheckpointMismatchError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        where = (f"continue with the same command plus --resume (checkpoint: {args.checkpoint_dir})"
-                 if args.checkpoint_dir else "use --checkpoint-dir D to be able to --resume")
-        sys.exit(f"interrupted; {where}")
-    final = history[-1]
-    print(f"trained {sum(h['fraction'] for h in history):.2f} epochs in {time.perf_counter() - start_time:.1f} s "
-          f"(budget {args.time_budget or 'none'})")
-    print(f"test accuracy: {100 * final['test_acc']:.2f}%")
-    return final["test_acc"]
+    """`python -m perceiver_edu.train ...`: the command line, which lives in cli.py."""
+    from .cli import main as cli_main
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

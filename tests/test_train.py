@@ -314,3 +314,56 @@ def test_on_epoch_end_sees_each_epoch_after_its_checkpoint(tmp_path):
     assert [c[:4] for c in calls] == [(1, 1, False, 1), (2, 2, True, 2), (3, 3, True, 3)]
     assert all(torch.equal(a, b) for a, b in zip(calls[-1][4].values(), model.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(calls[0][4].values(), model.state_dict().values()))
+
+
+def test_the_command_line_runs_without_warnings():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-W", "error", "-m", "perceiver_edu.train", "--help"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "--resume" in result.stdout
+
+
+class _StopAfter(Exception):
+    pass
+
+
+def _stop_after(epochs):
+    def on_epoch_end(epoch, model, history):
+        if epoch == epochs:
+            raise _StopAfter(epoch)
+    return on_epoch_end
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    data = synthetic_data(train=128, test=32)
+    recipe = TrainConfig(epochs=3, batch_size=32, lr=2e-3)
+    quiet = dict(device="cpu", progress=False, log=lambda *_: None)
+    full_model, full_history = train(TINY, recipe, data, **quiet)
+    with pytest.raises(_StopAfter):
+        train(TINY, recipe, data, checkpoint_dir=tmp_path, on_epoch_end=_stop_after(2), **quiet)
+    last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    assert read_checkpoint(last)["epoch"] == 2 and read_checkpoint(previous)["epoch"] == 1
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated on disk
+
+    lines = []
+    with pytest.warns(UserWarning, match=r"last\.pt is not a readable checkpoint[\s\S]*using \S*previous\.pt "
+                                         r"instead \(the checkpoint before it, after epoch 1\)"):
+        with pytest.raises(_StopAfter):
+            train(TINY, recipe, data, checkpoint_dir=tmp_path, resume=True, device="cpu", progress=False,
+                  log=lines.append, on_epoch_end=_stop_after(2))
+    assert lines[0] == f"resumed from {previous} after epoch 1 (4 steps)"
+    assert read_checkpoint(previous)["epoch"] == 1  # the damaged file did not replace the good one
+    assert read_checkpoint(last)["epoch"] == 2
+
+    resumed_model, resumed_history = train(TINY, recipe, data, checkpoint_dir=tmp_path, resume=True, **quiet)
+    assert without_timings(resumed_history) == without_timings(full_history)
+    assert all(torch.equal(a, b) for a, b in zip(full_model.state_dict().values(),
+                                                 resumed_model.state_dict().values()))
+    assert read_checkpoint(previous)["epoch"] == 2 and read_checkpoint(last)["epoch"] == 3
+
+    for path in (last, previous):
+        path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"last\.pt is not a readable[\s\S]*previous\.pt is not a readable"
+                                         r"[\s\S]*Delete both to start again"):
+        read_checkpoint(tmp_path)
