@@ -47,3 +47,51 @@ def test_blocks_keep_latent_shape_and_cross_attention_reads_raw_channels():
     assert out.shape == latents.shape and maps.weights.shape == (2, 1, 8, 100)
     torch.testing.assert_close(maps.weights.sum(-1), torch.ones(2, 1, 8))
     assert SelfAttentionBlock(32, num_heads=4)(latents).shape == latents.shape
+
+
+def test_mlp_widening_and_dropout():
+    from perceiver_edu.attention import MLP
+    default = MLP(8)
+    assert default[0].out_features == 32 and default[2].in_features == 32  # hidden width 4 * dim
+    torch.manual_seed(0)
+    x = torch.randn(4, 16, 8)
+    default.train()
+    assert torch.equal(default(x), default(x))  # no dropout by default, even in training
+    dropped = MLP(8, widening=2, dropout=0.5).train()
+    assert dropped[0].out_features == 16
+    out = dropped(x)
+    assert (out == 0).float().mean() > 0.3  # about half the outputs dropped
+    assert torch.equal(dropped.eval()(x), dropped(x))
+
+
+def test_cross_attention_block_defaults_and_what_it_passes_on():
+    block = CrossAttentionBlock(latent_dim=32, input_dim=13)
+    assert block.mlp[0].out_features == 32  # widening 1, as in the paper's cross-attend
+    assert block.attention.dropout == 0.0 and block.mlp[-1].p == 0.0
+    assert block.attention.num_heads == 1
+    wide = CrossAttentionBlock(latent_dim=32, input_dim=13, num_heads=4, widening=2, qk_dim=16, v_dim=8,
+                               dropout=0.25)
+    assert wide.attention.num_heads == 4 and wide.attention.qk_dim == 16 and wide.attention.v_dim == 8
+    assert wide.attention.to_out.in_features == 8 and wide.attention.to_out.out_features == 32
+    assert wide.mlp[0].out_features == 64
+    assert wide.attention.dropout == 0.25 and wide.mlp[-1].p == 0.25
+
+
+def test_cross_attention_block_query_residual_is_on_by_default():
+    latents, inputs = torch.randn(2, 8, 32), torch.randn(2, 50, 13)
+    outputs = {}
+    for residual in (None, True, False):
+        torch.manual_seed(0)
+        kwargs = {} if residual is None else {"use_query_residual": residual}
+        outputs[residual] = CrossAttentionBlock(32, 13, **kwargs)(latents, inputs)
+    torch.testing.assert_close(outputs[None], outputs[True])
+    assert not torch.allclose(outputs[None], outputs[False])
+
+
+def test_self_attention_block_defaults_and_what_it_passes_on():
+    block = SelfAttentionBlock(32)
+    assert block.attention.num_heads == 8 and block.mlp[0].out_features == 128  # 8 heads, widening 4
+    assert block.attention.dropout == 0.0 and block.mlp[-1].p == 0.0
+    custom = SelfAttentionBlock(32, num_heads=2, widening=3, dropout=0.25)
+    assert custom.attention.num_heads == 2 and custom.mlp[0].out_features == 96
+    assert custom.attention.dropout == 0.25 and custom.mlp[-1].p == 0.25

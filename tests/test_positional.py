@@ -54,3 +54,25 @@ def test_position_encoding_modules():
     values = learned()
     assert values.shape == (20, 8) and values.requires_grad
     assert values.abs().max() <= 0.04 + 1e-7  # truncated at two standard deviations
+
+
+@pytest.mark.parametrize("num_axes,num_bands", [(1, 4), (2, 16), (3, 2)])
+def test_fourier_feature_dim_is_the_width_of_the_features(num_axes, num_bands):
+    from perceiver_edu.positional import fourier_feature_dim
+    shape = (3,) * num_axes
+    assert fourier_feature_dim(num_axes, num_bands) == fourier_features(shape, num_bands).shape[-1]
+    assert fourier_feature_dim(num_axes, num_bands) == num_axes * (2 * num_bands + 1)
+
+
+def test_fourier_encoding_module_uses_its_max_resolution_and_is_not_saved():
+    encoding = FourierPositionEncoding((4, 5), 3, max_resolution=(8, 10))
+    torch.testing.assert_close(encoding(), fourier_features((4, 5), 3, (8, 10)))
+    assert not torch.allclose(encoding(), fourier_features((4, 5), 3))
+    assert "features" not in encoding.state_dict()  # recomputed, never stored in checkpoints
+
+
+def test_features_are_made_on_the_device_asked_for():
+    # "meta" stands in for "cuda": a tensor made on the wrong device would not be on it
+    assert fourier_features((4, 5), 3, device="meta").device.type == "meta"
+    from perceiver_edu.positional import linear_positions
+    assert linear_positions((4, 5), device="meta").device.type == "meta"
