@@ -67,26 +67,41 @@ def _set_numpy_rng_state(state):
                          state["cached_gaussian"]))
 
 
+def process_rng_state(device: torch.device) -> dict:
+    """The random-number states that differ between data-parallel processes: dropout's."""
+    return {"torch": torch.get_rng_state(),  # dropout on the CPU
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}  # dropout on CUDA
+
+
 def rng_state(data_generator: torch.Generator, device: torch.device) -> dict:
-    """Every random-number state a run uses, in forms weights_only loading accepts."""
-    return {"data": data_generator.get_state(),   # (5056,) uint8: shuffling and augmentation
-            "torch": torch.get_rng_state(),         # dropout on the CPU
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # dropout on CUDA
-            "python": random.getstate(),            # (version, 625 ints, gauss): plain values already
+    """Every random-number state a run uses, in forms weights_only loading accepts.
+
+    A data-parallel run adds "other_processes": process_rng_state() of ranks 1, 2, ..."""
+    return {"data": data_generator.get_state(),  # (5056,) uint8: shuffling and augmentation
+            **process_rng_state(device),
+            "python": random.getstate(),           # (version, 625 ints, gauss): plain values already
             "numpy": _numpy_rng_state()}
 
 
-def set_rng_state(state: dict, data_generator: torch.Generator, device: torch.device):
+def set_process_rng_state(state: dict, device: torch.device):
     # .cpu(): the states load onto the training device with the rest, but must be set from the CPU.
-    data_generator.set_state(state["data"].cpu())
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda")
     if isinstance(cuda, list):  # format 1: one state per visible GPU
         cuda = cuda[device.index or 0] if device.type == "cuda" and len(cuda) > (device.index or 0) else None
     if cuda is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda.cpu(), device)
+
+
+def set_rng_state(state: dict, data_generator: torch.Generator, device: torch.device, rank: int = 0) -> bool:
+    """Restore `rng_state()`'s states for process `rank`; False if the file has none for that rank
+    (it was written by fewer processes), which the caller then seeds itself."""
+    data_generator.set_state(state["data"].cpu())
     random.setstate(tuple(state["python"]))
     _set_numpy_rng_state(state["numpy"])
+    own = [state, *state.get("other_processes", [])]
+    set_process_rng_state(own[rank] if rank < len(own) else state, device)
+    return rank < len(own)
 
 
 # Writing ----------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ What the trainer does, and why:
 - A NaN/inf loss raises NonFiniteLossError at once; the last good checkpoint is untouched.
 - `time_budget` seconds: the learning-rate decay follows the clock so that it ends when the time does,
   and training stops early enough to leave room for the final test evaluation inside the budget.
+- Data parallel under torchrun (`torchrun --nproc_per_node=N -m perceiver_edu.train ...`): DDP, the
+  batch size is the global batch, each process trains on its slice of it (see `Trainer`).
 
 How it is built, in the spirit of minGPT's Trainer and nanoGPT's loop (read it top to bottom):
 - one step: `forward_backward` (forward, `training_loss`, backward, clip), then `update_weights`;
@@ -42,19 +44,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .device import pick_device, seed_everything
+from .device import Processes, pick_device, seed_everything
 from .data import CIFAR10Data, eval_batches, load_cifar10, to_float, train_batches
 from .registry import architecture_of, build_model
 from .checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, PREVIOUS_NAME, DamagedCheckpointError,  # noqa: F401
                           OldCheckpointWarning, UnsafeCheckpointError, find_checkpoint, load_checkpoint,
-                          previous_path, read_checkpoint, rng_state, save_checkpoint, set_rng_state)
+                          previous_path, process_rng_state, read_checkpoint, rng_state, save_checkpoint,
+                          set_rng_state)
 from .optim import OPTIMIZERS, SCHEDULES, LRSchedule, build_optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
+
+
+class OtherProcessError(RuntimeError):
+    """Another process of a data-parallel run failed (it prints its own error); this one stops too."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -263,6 +271,20 @@ def _normalise(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+def check_global_batch(batch_size: int, world_size: int):
+    """The batch size is the global batch: every process takes an equal slice of each one."""
+    if batch_size % world_size:
+        below, above = batch_size - batch_size % world_size, batch_size + world_size - batch_size % world_size
+        raise ValueError(f"--batch-size is the global batch, split evenly among the {world_size} processes: "
+                         f"{batch_size} does not divide by {world_size}. Use a multiple of {world_size}, "
+                         f"e.g. {below or above} or {above}.")
+
+
+def process_seed(seed: int, rank: int, step: int) -> int:
+    """Dropout's seed for process `rank` > 0 (rank 0 uses `seed` itself, as a single process does)."""
+    return (seed * 1009 + rank) * 1_000_003 + step
+
+
 # What a run is made of ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunPlan:
@@ -272,7 +294,8 @@ class RunPlan:
     num_epochs: int
 
     @classmethod
-    def for_recipe(cls, recipe: TrainConfig, train_images: int) -> "RunPlan":
+    def for_recipe(cls, recipe: TrainConfig, train_images: int, processes: Processes = Processes()) -> "RunPlan":
+        check_global_batch(recipe.batch_size, processes.world_size)
         steps_per_epoch = train_images // recipe.batch_size  # whole batches only (drop_last)
         if steps_per_epoch == 0:
             raise ValueError(f"batch_size={recipe.batch_size} is larger than the {train_images} training images")
@@ -295,10 +318,12 @@ class TrainState:
     finished: bool = False
 
     @classmethod
-    def fresh(cls, model: torch.nn.Module, recipe: TrainConfig, plan: RunPlan,
-              amp_dtype: torch.dtype | None) -> "TrainState":
+    def fresh(cls, model: torch.nn.Module, recipe: TrainConfig, plan: RunPlan, amp_dtype: torch.dtype | None,
+              rank: int = 0) -> "TrainState":
         # Seed here, so dropout's random numbers do not depend on whether the model was built by us.
         seed_everything(recipe.seed)
+        if rank:  # each process its own dropout masks; every process the same data order (below)
+            torch.manual_seed(process_seed(recipe.seed, rank, 0))
         data_generator = torch.Generator().manual_seed(recipe.seed)
         model.train()
         optimizer = make_optimizer(model, recipe)
@@ -315,13 +340,14 @@ class TrainState:
                 "rng": rng_state(self.data_generator, self.device), "history": self.history, "epoch": self.epoch,
                 "step": self.step, "finished": self.finished}
 
-    def load_state_dict(self, saved: dict):
+    def load_state_dict(self, saved: dict, rank: int = 0, seed: int = 0):
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         if self.scaler is not None and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"], self.data_generator, self.device)
+        if not set_rng_state(saved["rng"], self.data_generator, self.device, rank):  # more processes than before
+            torch.manual_seed(process_seed(seed, rank, saved["step"]))
         self.history, self.epoch, self.step, self.finished = (saved["history"], saved["epoch"], saved["step"],
                                                               saved["finished"])
 
@@ -412,18 +438,28 @@ class EpochTotals:
 
 
 class Trainer:
-    """Runs the epochs of one training run: steps, evaluation, checkpoints and the time budget."""
+    """Runs the epochs of one training run: steps, evaluation, checkpoints and the time budget.
+
+    Data parallel (under torchrun, or in any initialised process group): every process draws the
+    same global batch from the same generator and trains on its slice; DDP averages the gradients,
+    so all processes hold the same weights. Evaluation is split between them and summed, every
+    decision (stop for time, a bad loss) is agreed, and rank 0 alone logs and writes checkpoints."""
 
     def __init__(self, state: TrainState, facts: RunFacts, plan: RunPlan, device: torch.device, *,
                  checkpoint_path: Path | None = None, time_budget: float | None = None,
-                 start_time: float | None = None, progress: bool = True, log=print, on_epoch_end=None):
+                 start_time: float | None = None, progress: bool = True, log=print, on_epoch_end=None,
+                 processes: Processes = Processes()):
         self.state, self.facts, self.plan, self.device = state, facts, plan, device
-        self.recipe, self.data = facts.recipe, facts.data
+        self.recipe, self.data, self.processes = facts.recipe, facts.data, processes
         self.amp_dtype = autocast_dtype(device, self.recipe.amp)
         self.forward = torch.compile(state.model) if self.recipe.compile else state.model
+        if processes.joined:  # its backward averages the gradients over the processes (nanoGPT does the same)
+            self.forward = DistributedDataParallel(self.forward, device_ids=[device] if device.type == "cuda" else None)
         self.checkpoint_path, self.time_budget = checkpoint_path, time_budget
         self.start_time = time.perf_counter() if start_time is None else start_time
-        self.progress, self.log, self.on_epoch_end = progress, log, on_epoch_end
+        self.progress = progress and processes.is_main
+        self.log = log if processes.is_main else (lambda *_: None)
+        self.on_epoch_end = on_epoch_end
         self.budget = TimeBudget(None, self.start_time)
         self.latest_is_good = True  # may the checkpoint on disk become previous.pt when the next is saved?
 
@@ -452,13 +488,14 @@ class Trainer:
         with tqdm(total=plan.steps_per_epoch, desc=f"epoch {state.epoch + 1}/{plan.num_epochs}",
                   disable=not self.progress, leave=False, unit="step", dynamic_ncols=True) as bar:
             for batch_index, (x, y) in enumerate(batches):  # x (B, 3, 32, 32) floats in [0, 1], y (B,)
-                if self.budget.out_of_time(len(self.data.test_labels), recipe.batch_size):
+                if self.out_of_time():
                     totals.stopped_early = True
                     break
                 if state.step >= plan.total_steps:  # the image budget ends inside this epoch
                     break
+                mine = self.processes.share(len(y))  # this process's slice of the global batch
                 began = time.perf_counter()
-                self.train_step(x, y, totals, batch_index)
+                self.train_step(x[mine], y[mine], totals, batch_index)  # (B / processes, 3, 32, 32)
                 elapsed = time.perf_counter() - began
                 totals.seconds += elapsed
                 self.budget.record_step(elapsed)
@@ -477,20 +514,32 @@ class Trainer:
         totals.add(loss, logits, y)
         # On CPU checking every step is free; on CUDA it is a sync, so check every 20 steps.
         if self.device.type != "cuda" or batch_index % 20 == 0:
-            if not torch.isfinite(totals.loss_sum):
+            if not self.processes.all(bool(torch.isfinite(totals.loss_sum))):  # any process's loss
                 raise self.non_finite_error(loss, batch_index)
         update_weights(state.optimizer, state.scaler)
         state.step += 1
-        state.schedule.step(max(state.step / self.plan.total_steps, self.budget.time_progress(self.base_progress)))
+        state.schedule.step(max(state.step / self.plan.total_steps, self.time_progress()))
         if self.device.type == "cuda" and batch_index % 20 == 0:
             torch.cuda.synchronize()  # honest step timings for the budget
+
+    def out_of_time(self) -> bool:
+        """The budget's stop decision, agreed: if one process stops, all do (none waits in vain)."""
+        stop = self.budget.out_of_time(len(self.data.test_labels), self.recipe.batch_size)
+        return self.processes.any(stop) if self.budget.deadline is not None else stop
+
+    def time_progress(self) -> float:
+        """How far through the budget, agreed, so that every process sets the same learning rate."""
+        progress = self.budget.time_progress(self.base_progress)
+        return self.processes.maximum(progress) if self.budget.deadline is not None else progress
 
     def non_finite_error(self, loss: torch.Tensor, batch_index: int) -> NonFiniteLossError:
         path = self.checkpoint_path
         kept = (f"the last good checkpoint ({path}, after epoch {self.state.epoch}) is kept"
                 if path is not None and path.is_file() else "no checkpoint was written for this run")
+        here = not torch.isfinite(loss) or not self.processes.joined  # else it happened in another process
+        value = loss.item() if here else "non-finite in another process"
         return NonFiniteLossError(
-            f"the training loss became {loss.item()} at epoch {self.state.epoch + 1}, step {batch_index + 1} "
+            f"the training loss became {value} at epoch {self.state.epoch + 1}, step {batch_index + 1} "
             f"(learning rate {self.state.schedule.lr:.3g}). Training stopped before the bad step changed the "
             f"weights on disk; {kept}. Lower the learning rate (--lr), keep gradient clipping on, "
             f"and start a new run in a fresh --checkpoint-dir.")
@@ -500,10 +549,13 @@ class Trainer:
         state, recipe, plan = self.state, self.recipe, self.plan
         state.epoch += 1
         state.finished = totals.stopped_early or state.epoch >= plan.num_epochs
-        record = {"epoch": state.epoch, "fraction": totals.images / (plan.steps_per_epoch * recipe.batch_size),
-                  "train_loss": totals.loss_sum.item() / totals.images,
-                  "train_acc": totals.correct.item() / totals.images, "test_loss": None, "test_acc": None,
-                  "lr": state.schedule.lr, "img_per_s": totals.images / max(totals.seconds, 1e-9),
+        # Sums over every process's slices: the figures a single process would report.
+        loss_sum, correct, images = self.processes.sum(torch.stack([
+            totals.loss_sum, totals.correct.double(), torch.tensor(float(totals.images), device=self.device,
+                                                                   dtype=torch.float64)])).tolist()
+        record = {"epoch": state.epoch, "fraction": images / (plan.steps_per_epoch * recipe.batch_size),
+                  "train_loss": loss_sum / images, "train_acc": correct / images, "test_loss": None,
+                  "test_acc": None, "lr": state.schedule.lr, "img_per_s": images / max(totals.seconds, 1e-9),
                   "images_seen": state.step * recipe.batch_size}
         if state.finished or (recipe.eval_every and state.epoch % recipe.eval_every == 0):
             record["test_loss"], record["test_acc"] = self.evaluate_test()
@@ -524,11 +576,16 @@ class Trainer:
                  f"{record['img_per_s']:.0f} img/s  {record['epoch_seconds']:.1f} s")
 
     def evaluate_test(self) -> tuple[float, float]:
+        """(mean loss, accuracy) on the test set; each process evaluates its share and the sums are added."""
         began = time.perf_counter()
-        result = evaluate(self.state.model, self.data.test_images, self.data.test_labels,
-                          self.recipe.eval_batch_size, self.recipe.amp)
+        images, labels = self.data.test_images, self.data.test_labels
+        mine = self.processes.share(len(labels))
+        loss_sum, correct = evaluation_sums(self.state.model, images[mine], labels[mine],
+                                            self.recipe.eval_batch_size, self.recipe.amp)
+        loss_sum, correct = self.processes.sum(torch.stack([loss_sum, correct.double()])).tolist()
         self.budget.eval_seconds = time.perf_counter() - began
-        return result
+        count = max(len(labels), 1)
+        return loss_sum / count, correct / count
 
     def final_evaluation(self):
         """The budget ran out between two epochs whose last was not evaluated (or before the first)."""
@@ -544,22 +601,50 @@ class Trainer:
         self.save()
 
     def save(self):
+        """Rank 0 writes the checkpoint (with every process's dropout state); all learn if it worked."""
         if self.checkpoint_path is None:
             return
         began = time.perf_counter()
-        save_checkpoint(self.checkpoint_path, self.facts.checkpoint(self.state), keep_previous=self.latest_is_good)
+        dropout_states = self.processes.gather(process_rng_state(self.device))
+        error = None
+        if self.processes.is_main:
+            contents = self.facts.checkpoint(self.state)
+            if self.processes.joined:
+                contents["rng"]["other_processes"] = dropout_states[1:]
+            try:
+                save_checkpoint(self.checkpoint_path, contents, keep_previous=self.latest_is_good)
+            except BaseException as failure:  # a full disk, a read-only folder, a kill
+                error = failure
+        if not self.processes.all(error is None):
+            raise error or OtherProcessError(f"process 0 could not write {self.checkpoint_path} (its error is printed "
+                                        f"above); this process stops with it")
         self.latest_is_good = True
         self.budget.save_seconds = time.perf_counter() - began
 
     def resume(self):
+        """Every process reads the checkpoint (several machines: --checkpoint-dir must be shared)."""
+        error = None
+        try:
+            saved, used = self.read_checkpoint()
+        except Exception as failure:
+            error = failure
+        if not self.processes.all(error is None):
+            raise error or OtherProcessError("another process could not read the checkpoint (its error is printed "
+                                        "by it); with several machines, --checkpoint-dir must be a folder they share")
+        read = self.processes.gather((str(used.name), saved["epoch"], saved["step"]))
+        if len(set(read)) > 1:
+            raise OtherProcessError(f"the processes read different checkpoints (file, epoch, step): {read}; with "
+                               f"several machines, --checkpoint-dir must be a folder they share")
+        self.latest_is_good = used == self.checkpoint_path  # else a damaged last.pt must not replace previous.pt
+        self.facts.check_same_run(saved, used)
+        self.state.load_state_dict(saved, self.processes.rank, self.recipe.seed)
+        self.log(f"resumed from {used} after epoch {self.state.epoch} ({self.state.step} steps)")
+
+    def read_checkpoint(self) -> tuple[dict, Path]:
         path = self.checkpoint_path
         if path is None or not (path.is_file() or previous_path(path).is_file()):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}; run once without --resume to start one")
-        saved, used = find_checkpoint(path, map_location=self.device)
-        self.latest_is_good = used == path  # else keep previous.pt: a damaged last.pt must not replace it
-        self.facts.check_same_run(saved, used)
-        self.state.load_state_dict(saved)
-        self.log(f"resumed from {used} after epoch {self.state.epoch} ({self.state.step} steps)")
+        return find_checkpoint(path, map_location=self.device)
 
 
 def _check_image_model(model_config):
@@ -586,7 +671,10 @@ def train(model, train_config: TrainConfig | None = None,
         whole run, final evaluation included, should be over.
     progress: tqdm bars. log: a function for the per-epoch lines (default tqdm.write).
     on_epoch_end: called as on_epoch_end(epoch, model, history) after each epoch's checkpoint, e.g. to
-        save attention maps; `model` is in training mode, `history` the records so far.
+        save attention maps; `model` is in training mode, `history` the records so far. In a
+        data-parallel run every process calls it (write files from rank 0 only).
+    Data parallel: inside a torch.distributed process group (torchrun and `python -m perceiver_edu.train`
+        set it up) the processes train one model together; `batch_size` is the global batch. See Trainer.
     history: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc (None when not
         evaluated that epoch), lr, img_per_s, epoch_seconds, elapsed_seconds, images_seen, fraction
         (of the epoch done: < 1 only for an epoch cut short by the budget).
@@ -602,15 +690,16 @@ def train(model, train_config: TrainConfig | None = None,
     _check_image_model(model_config)
     recipe = train_config or TrainConfig.recipe(model_config.name)
     data = (data if data is not None else load_cifar10()).to(device)
-    plan = RunPlan.for_recipe(recipe, len(data.train_labels))
+    processes = Processes.current()  # rank 0 of 1, unless torchrun (or the caller) started a process group
+    plan = RunPlan.for_recipe(recipe, len(data.train_labels), processes)
 
     seed_everything(recipe.seed)
     model = (model if isinstance(model, torch.nn.Module) else build_model(model_config)).to(device)
-    state = TrainState.fresh(model, recipe, plan, autocast_dtype(device, recipe.amp))
+    state = TrainState.fresh(model, recipe, plan, autocast_dtype(device, recipe.amp), processes.rank)
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     trainer = Trainer(state, RunFacts(architecture, model_config, recipe, data), plan, device,
                       checkpoint_path=checkpoint_path, time_budget=time_budget, start_time=start_time,
-                      progress=progress, log=log or tqdm.write, on_epoch_end=on_epoch_end)
+                      progress=progress, log=log or tqdm.write, on_epoch_end=on_epoch_end, processes=processes)
     if resume:
         trainer.resume()
     history = trainer.run()
