@@ -40,10 +40,26 @@ def test_fourier_defaults_and_extremes():
 
 
 def test_fourier_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="max_resolution"):
+    with pytest.raises(ValueError, match=r"^max_resolution has 1 entries but the input has 2 axes \(4, 4\)$"):
         fourier_features((4, 4), 2, (4,))
     with pytest.raises(ValueError, match="num_bands"):
         fourier_features((4, 4), 0)
+    for shape in ((), (4, 0)):
+        with pytest.raises(ValueError, match="shape must be a non-empty tuple of positive sizes"):
+            fourier_features(shape, 2)
+
+
+def test_fourier_accepts_the_smallest_valid_arguments():
+    single = fourier_features((1, 3), num_bands=1)  # one row, one band: f_1 = 1
+    assert single.shape == (3, 2 * 3)
+    torch.testing.assert_close(single[:, :2], torch.tensor([[-1.0, -1.0], [-1.0, 0.0], [-1.0, 1.0]]))
+
+
+def test_no_warnings_from_building_the_features():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch.meshgrid without `indexing` warns in every notebook
+        fourier_features((4, 5), 3)
 
 
 def test_position_encoding_modules():
