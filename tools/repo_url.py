@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # {url} is filled in; every line fits the book's 77-character code column.
 SETUP_CELL = '''\
 # Setup, the same in every chapter. Without the book's package (e.g. on
-# Colab), pip installs it from the repository and keeps every package that
-# is already installed (Colab's torch and ipywidgets included).
+# Colab), pip installs it from the repository. It keeps every package that
+# is already installed, so pip's note about restarting does not apply.
 REPO = "{url}"
 try:
     from perceiver_edu.setup_cell import seed_everything, where_am_i
