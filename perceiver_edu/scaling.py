@@ -292,10 +292,30 @@ def size_at_budget(slope: float, prefactor: float, budget: float) -> float:
     return (budget / prefactor) ** (1.0 / slope)
 
 
-def format_bytes(nbytes: float) -> str:
-    """Bytes in binary units, e.g. 1536 -> '1.5 KiB'."""
+def round_significant(value: float, digits: int = 3) -> float:
+    """`value` rounded to `digits` significant figures, e.g. 11_551_283 -> 11_600_000.
+
+    Figures extrapolated from a fit far beyond its data are not known to more; printing them digit
+    for digit would also make stored notebook outputs depend on the machine.
+    """
+    if digits < 1:
+        raise ValueError(f"digits must be >= 1, got {digits}")
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def format_bytes(nbytes: float, significant: int | None = None) -> str:
+    """Bytes in binary units, e.g. 1536 -> '1.5 KiB'; with `significant=3`, 115_523_584 -> '110 MiB'.
+
+    Exact counts get one decimal; extrapolated ones `significant` figures (see `round_significant`).
+    """
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(nbytes) < 1024 or unit == "TiB":
+            if significant is not None:
+                value = round_significant(nbytes, significant)
+                decimals = max(0, significant - 1 - math.floor(math.log10(abs(value)))) if value else 0
+                return f"{value:.{decimals}f} {unit}"
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     raise AssertionError("unreachable")

@@ -9,7 +9,7 @@ import torch
 
 from perceiver_edu.scaling import (AttentionWorkload, TensorMemoryTracker, attention_cost, attention_step,
                                    device_memory_bytes, fit_power_law, format_bytes, measure, peak_memory,
-                                   size_at_budget, time_call)
+                                   round_significant, size_at_budget, time_call)
 
 SMALL = AttentionWorkload(num_latents=16, input_dim=32, latent_dim=32)
 
@@ -134,6 +134,21 @@ def test_device_memory_and_formatting():
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(24 * 2 ** 30) == "24.0 GiB"
     assert format_bytes(12) == "12 B"
+    assert format_bytes(115_523_584, significant=3) == "110 MiB"
+    assert format_bytes(26.2 * 2 ** 30, significant=3) == "26.2 GiB"
+    assert format_bytes(1.5 * 2 ** 20, significant=2) == "1.5 MiB"
+    assert format_bytes(3 * 2 ** 40, significant=3) == "3.00 TiB"
+
+
+def test_round_significant():
+    assert round_significant(11_551_283) == 11_600_000
+    assert round_significant(11_551_283) == round_significant(11_551_279)  # digits a fit does not know
+    assert round_significant(47_492) == 47_500
+    assert round_significant(0.012345, 2) == 0.012
+    assert round_significant(-98_765) == -98_800
+    assert round_significant(0) == 0
+    with pytest.raises(ValueError, match="digits"):
+        round_significant(1.0, 0)
 
 
 def test_bad_arguments_name_the_fix():
