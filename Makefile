@@ -11,6 +11,8 @@
 #                    tests/test_notebook_style.py), or on one: make format NB=notebooks/06_...ipynb
 #   make mutation    mutation check of the core modules with mutmut (long: see README, Testing);
 #                    MODULES="optim data" for some, MUTATION_JOBS=N workers
+#   make lab         JupyterLab on the chapters, with the .venv kernel that has this package
+#                    (LAB_ARGS="--no-browser --port 8890" passes options to it)
 #   make notebooks   re-execute every notebook in place on the CPU, in reading order
 #   make colab-env   the Colab-like virtualenv .venv-colab of tests/test_colab_env.py (make test
 #                    builds it; rebuilt from scratch when requirements-colab.txt changes)
@@ -145,6 +147,16 @@ mutation: setup
 
 diagrams: setup
 	$(PY) tools/diagrams.py book/figures
+
+# JupyterLab for a learner. Kernels are looked up in .venv before the user's own folders
+# (JUPYTER_PREFER_ENV_PATH), so the chapters' "python3" kernel is .venv's, with this package, even
+# when ~/.local/share/jupyter has another "python3". Only 127.0.0.1; Lab prints the tokened URL.
+# Jupyter refuses to run as root unless told to (containers, our machines): then it is told.
+LAB_ARGS ?=
+.PHONY: lab
+lab: setup data
+	JUPYTER_PREFER_ENV_PATH=1 $(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 \
+	  --ServerApp.root_dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 notebooks: setup data
 	$(CPU_ENV) $(PY) tools/run_notebooks.py --toc $(TOC) --timeout $(NB_TIMEOUT)
