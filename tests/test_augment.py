@@ -163,3 +163,18 @@ def test_eval_batches_and_to_float():
     assert x.dtype == torch.float32 and torch.equal(x, images.float() / 255)
     assert torch.equal(D.to_float(torch.tensor([0, 51, 255], dtype=torch.uint8)),
                        torch.tensor([0.0, 0.2, 1.0]))
+
+
+def test_train_batches_are_fixed_by_the_generator_alone():
+    """Shuffle, crops and flips all come from the generator passed in, not from the global RNG."""
+    images, labels = coordinate_images(256), torch.arange(256)
+
+    def epoch(seed):
+        torch.manual_seed(seed)  # the global RNG differs between the runs; it must not matter
+        return list(D.train_batches(images, labels, 64, torch.Generator().manual_seed(5)))
+
+    first, second = epoch(1), epoch(2)
+    for (x1, y1), (x2, y2) in zip(first, second):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    other = list(D.train_batches(images, labels, 64, torch.Generator().manual_seed(6)))
+    assert not torch.equal(first[0][0], other[0][0])

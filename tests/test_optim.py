@@ -135,6 +135,18 @@ def test_lamb_matches_the_reference_at_its_default_settings():
     torch.testing.assert_close(got[0], expected, rtol=1e-12, atol=1e-15)
 
 
+def test_lamb_without_weight_decay_given_takes_plain_adam_steps():
+    """Lamb's own default is no weight decay (so trust ratio 1): only build_optimizer's decay group decays."""
+    weight = torch.nn.Parameter(torch.tensor([[2.0, -1.0], [0.5, 4.0]], dtype=torch.float64))
+    grad = torch.tensor([[0.1, 0.2], [-0.3, 0.0]], dtype=torch.float64)
+    optimizer = Lamb([weight], lr=0.1)
+    assert optimizer.defaults["weight_decay"] == 0.0
+    before = weight.detach().clone()
+    weight.grad = grad
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), before - 0.1 * grad / (grad.abs() + 1e-6), rtol=1e-12, atol=0)
+
+
 def test_lamb_skips_parameters_without_gradients_and_returns_the_closure_loss():
     used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
     optimizer = Lamb([used, unused], lr=0.1, weight_decay=0.1)
