@@ -86,7 +86,8 @@ def main(argv=None) -> float:
         try:
             return _train_from_args(args, start_time, processes)
         finally:
-            leave_processes()
+            if launched_by_torchrun():
+                leave_processes()
 
 
 def _fail(error: BaseException, processes: Processes):
