@@ -80,7 +80,7 @@ def run_install_cell(clone: Path, report: dict) -> bool:
     cell = cell.replace(repo_line, f'REPO = "{clone.as_uri()}"')
     report["cell"] = cell
     report["before"] = before = installed()
-    shell = InteractiveShell.instance()
+    shell = InteractiveShell.instance(colors="NoColor")  # plain tracebacks in the test's log
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         result = shell.run_cell(cell)
