@@ -255,3 +255,95 @@ def test_colab_needs_no_custom_widget_manager(monkeypatch):
     monkeypatch.setitem(sys.modules, "google.colab", colab)
     monkeypatch.setitem(sys.modules, "google.colab.output", output)
     assert enable_colab_widgets() is False and calls == []
+
+
+# The generic helper in a browser: no kernel, no network, all three kinds of control ---------------
+SHOWN_IMAGE_JS = """(previous) => {
+    const shown = Array.from(document.querySelectorAll('#choice img')).filter((img) => {
+        const box = img.getBoundingClientRect();
+        return box.width > 0 && box.height > 0;
+    });
+    if (shown.length !== 1 || !shown[0].complete || shown[0].src === previous) return null;
+    return shown[0].src;
+}"""
+SHA256_JS = """async (url) => {
+    const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    const hash = await crypto.subtle.digest('SHA-256', bytes);
+    return Array.from(new Uint8Array(hash)).map(b => b.toString(16).padStart(2, '0')).join('');
+}"""
+
+
+@pytest.mark.skipif(not IPYWIDGETS_8, reason="ipywidgets 7 has no Stack: its tabs need no links to test")
+def test_static_choice_switches_pictures_in_a_browser_with_no_kernel(tmp_path):
+    """A page holding only the embedded widget state and the vendored HTML manager (as the book's
+    pages do): the dropdown, the slider and the toggle buttons each switch to the right picture."""
+    import functools
+    import hashlib
+    import http.server
+    import os
+    import shutil
+    import threading
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    vendor = Path(os.environ.get("PERCEIVER_EDU_VENDOR") or root / ".vendor") / "static" / "offline"
+    chromium = os.environ.get("PERCEIVER_EDU_CHROMIUM", "/usr/bin/chromium")
+    if not (vendor / "html-manager" / "embed-amd.js").is_file() or not Path(chromium).is_file():
+        pytest.fail(f"needs the vendored JavaScript ({vendor}: `make vendor`) and Chromium ({chromium}); "
+                    f"make test sets up both")
+    from playwright.sync_api import sync_playwright
+
+    pictures = [[[solid_png((i * 6 + j * 2 + k) / 12) for k in range(2)] for j in range(3)] for i in range(2)]
+    choice = static_choice(pictures, [("K", ["4", "8"]), ("mu", ["16", "32", "64"]),
+                                      ("view", ["bands", "kernel"], "toggle")])
+    data = embed_data(views=[choice.widget], state=dependency_state([choice.widget], drop_defaults=True))
+    shutil.copytree(vendor, tmp_path / "offline")
+    (tmp_path / "index.html").write_text(
+        '<!doctype html><html><head><script src="offline/require.js"></script>'
+        '<script src="offline/html-manager/embed-setup.js"></script>'
+        '<script src="offline/html-manager/embed-amd.js"></script>'
+        f'<script type="application/vnd.jupyter.widget-state+json">{json.dumps(data["manager_state"])}</script>'
+        '</head><body><div id="choice"><script type="application/vnd.jupyter.widget-view+json">'
+        f'{json.dumps(data["view_specs"][0])}</script></div></body></html>')
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    outside, errors = [], []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, headless=True,
+                                                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            page = browser.new_page()
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", lambda r: None if r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                    else outside.append(r.url))
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
+            shown = {"src": None}
+
+            def picture_now():  # waits until one new picture is shown and decoded, then its bytes' hash
+                handle = page.wait_for_function(SHOWN_IMAGE_JS, arg=shown["src"], timeout=60_000, polling=100)
+                shown["src"] = handle.json_value()
+                return page.evaluate(SHA256_JS, shown["src"])
+
+            def expected(i, j, k):
+                return hashlib.sha256(pictures[i][j][k]).hexdigest()
+
+            assert picture_now() == expected(0, 0, 0)
+            page.locator("#choice select").select_option(index=1)
+            assert picture_now() == expected(1, 0, 0)
+            page.locator("#choice .noUi-handle").focus()
+            page.keyboard.press("End")
+            assert picture_now() == expected(1, 2, 0)
+            page.get_by_role("button", name="kernel").click()
+            assert picture_now() == expected(1, 2, 1)
+            page.locator("#choice select").select_option(index=0)  # the other choices stay as they were
+            assert picture_now() == expected(0, 2, 1)
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not errors and not outside, (errors, outside)
