@@ -4,6 +4,7 @@
 # and for the tests Chromium (Debian package) and the offline CIFAR-10 copy when ../shared is there.
 #
 #   make test        unit tests, browser test, and nbval on every notebook (strict, sanitised)
+#   make workflows   actionlint on .github/workflows (make test runs it first)
 #   make book        build _build/html from the stored outputs; warnings are errors; no page may
 #                    load anything from another host, nor show an image without alt text and
 #                    figure caption (tools/check_alt_text.py)
@@ -84,6 +85,9 @@ chromium:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  echo "installing chromium with sudo (no password asked) for the browser test"; \
+	  sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else \
 	  echo "The browser test needs Chromium at $(CHROMIUM)." >&2; \
 	  echo "Install it (Debian/Ubuntu: sudo apt-get install -y chromium), or point to one with" >&2; \
@@ -116,20 +120,45 @@ $(COLAB_STAMP): requirements-colab.txt
 # ---------------------------------------------------------------------------------------------
 # the two README commands, and the notebook runner
 
+# The chapters that read CIFAR-10 print figures computed from it, stored from the offline JPEG copy
+# (its folder has a SOURCE.txt). With other data, e.g. the official files that GitHub's runners
+# download, those chapters still run and every cell and check cell must pass, but their printed
+# figures are not compared (nbval's lax mode); every other chapter is compared as always.
+CIFAR_DIR     = $(or $(PERCEIVER_EDU_DATA),$(HOME)/.cache/perceiver_edu)/cifar-10-batches-py
+DATA_CHAPTERS = $(shell grep -l load_cifar10 notebooks/*.ipynb 2>/dev/null)
+NBVAL         = $(CPU_ENV) $(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \
+                --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+# actionlint on .github/workflows first (tools/actionlint.py), so a broken workflow fails here.
 # pytest exits 5 when it collects nothing (e.g. before the first notebook exists): that alone is
-# not a failure. Both suites run even if the first fails; make fails if either did.
+# not a failure. Every suite runs even if one fails; make fails if any did.
 test: setup vendor chromium data colab-env
 	@status=0; \
+	rc=0; $(PY) tools/actionlint.py || rc=$$?; \
+	if [ $$rc != 0 ]; then status=$$rc; fi; \
 	rc=0; $(PY) -m pytest tests || rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest tests: no tests collected"; elif [ $$rc != 0 ]; then status=$$rc; fi; \
 	if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  rc=0; $(CPU_ENV) $(PY) -m pytest -p no:cacheprovider --nbval --nbval-current-env \
-	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks || rc=$$?; \
+	  strict=notebooks; lax=; \
+	  if [ ! -f "$(CIFAR_DIR)/SOURCE.txt" ] && [ -n "$(DATA_CHAPTERS)" ]; then \
+	    strict="$(filter-out $(DATA_CHAPTERS),$(wildcard notebooks/*.ipynb))"; lax="$(DATA_CHAPTERS)"; \
+	    echo "nbval: $(CIFAR_DIR) is not the offline copy the stored outputs come from;"; \
+	    echo "  $$lax: run and checked, outputs not compared (--nbval-lax)"; \
+	  fi; \
+	  rc=0; $(NBVAL) $$strict || rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "nbval: no notebook cells collected"; elif [ $$rc != 0 ]; then status=$$rc; fi; \
+	  if [ -n "$$lax" ]; then \
+	    rc=0; $(NBVAL) --nbval-lax $$lax || rc=$$?; \
+	    if [ $$rc != 0 ]; then status=$$rc; fi; \
+	  fi; \
 	else \
 	  echo "nbval: no notebooks in notebooks/ yet"; \
 	fi; \
 	exit $$status
+
+.PHONY: workflows
+workflows: setup
+	$(PY) tools/actionlint.py
 
 # Mutation check (mutmut 3, configured in pyproject.toml [tool.mutmut]): mutate the core modules
 # one small change at a time and run the fast unit tests against each mutant; then print killed /
