@@ -95,3 +95,22 @@ def test_self_attention_block_defaults_and_what_it_passes_on():
     custom = SelfAttentionBlock(32, num_heads=2, widening=3, dropout=0.25)
     assert custom.attention.num_heads == 2 and custom.mlp[0].out_features == 96
     assert custom.attention.dropout == 0.25 and custom.mlp[-1].p == 0.25
+
+
+def test_blocks_are_pre_norm_residual_layers():
+    """x + Attn(LN(x)), then x + MLP(LN(x)): the Transformer layer of the paper (pre-LayerNorm),
+    written out with the block's own sub-modules."""
+    torch.manual_seed(0)
+    latents, inputs = torch.randn(2, 8, 32), torch.randn(2, 50, 13)
+    cross = CrossAttentionBlock(32, 13, widening=2)
+    expected = latents + cross.attention(cross.norm_latents(latents), cross.norm_inputs(inputs))
+    expected = expected + cross.mlp(cross.norm_mlp(expected))
+    torch.testing.assert_close(cross(latents, inputs), expected)
+    no_residual = CrossAttentionBlock(32, 13, use_query_residual=False)
+    expected = no_residual.attention(no_residual.norm_latents(latents), no_residual.norm_inputs(inputs))
+    expected = expected + no_residual.mlp(no_residual.norm_mlp(expected))
+    torch.testing.assert_close(no_residual(latents, inputs), expected)
+    layer = SelfAttentionBlock(32, num_heads=4)
+    expected = latents + layer.attention(layer.norm_attention(latents))
+    expected = expected + layer.mlp(layer.norm_mlp(expected))
+    torch.testing.assert_close(layer(latents), expected)

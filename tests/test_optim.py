@@ -299,6 +299,15 @@ def test_decay_at_named_points(shape, half, quarter, final_fraction):
     assert _lrs(optimizer) == [pytest.approx(end, abs=1e-15)] * 2
 
 
+def test_schedule_defaults_to_cosine_decay_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = LRSchedule(optimizer, peak_lr=1.0, warmup_steps=0)
+    schedule.step(0.25)
+    assert schedule.lr == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    schedule.step(1.0)
+    assert schedule.lr == pytest.approx(0.0, abs=1e-15)
+
+
 def test_warmup_and_decay_multiply():
     _, schedule = _schedule(peak=1.0, warmup=4, shape="linear")
     schedule.step(0.5)  # step_count 1: warmup 2/4, decay 0.5
