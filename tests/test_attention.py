@@ -114,3 +114,25 @@ def test_blocks_are_pre_norm_residual_layers():
     expected = latents + layer.attention(layer.norm_attention(latents))
     expected = expected + layer.mlp(layer.norm_mlp(expected))
     torch.testing.assert_close(layer(latents), expected)
+
+
+def test_cross_attention_without_context_says_so():
+    with pytest.raises(ValueError, match="^cross-attention needs a context tensor$"):
+        Attention(16, 8)(torch.randn(1, 4, 16))
+
+
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_attention_dropout_only_while_training(return_attention):
+    torch.manual_seed(0)
+    attention = Attention(16, 12, num_heads=2, dropout=0.5)
+    x, context = torch.randn(2, 6, 16), torch.randn(2, 40, 12)
+    expected, _ = naive_attention(attention, x, context)
+
+    def run():
+        out = attention(x, context, return_attention=return_attention)
+        return out[0] if return_attention else out
+
+    attention.eval()
+    torch.testing.assert_close(run(), expected, atol=1e-5, rtol=0)  # no dropout at evaluation
+    attention.train()
+    assert not torch.allclose(run(), expected, atol=1e-3)  # half the attention weights dropped
