@@ -77,7 +77,7 @@ def test_the_base_run_is_shared_between_experiments():
     by_label = {(r.experiment, r.variant, r.seed): r.identity() for r in runs}
     base = by_label[("permutation", "perceiver_patches", 0)]
     for key in [("position_encoding", "fourier", 0), ("cross_attends", "1", 0), ("decoder", "mean", 0),
-                ("latents", "64", 0)]:
+                ("latents", "32", 0)]:
         assert by_label[key] == base, key
     assert by_label[("weight_sharing", "none", 1)] == by_label[("cross_attends", "4", 1)]
     assert by_label[("permutation", "perceiver_patches", 1)] != base  # seeds are different runs
@@ -181,3 +181,18 @@ def test_the_recorded_command_reproduces_its_line(tmp_path):
     assert (line["test_acc"], line["test_loss"], line["params"]) == \
         (record["test_acc"], record["test_loss"], record["params"])
     assert len(lines(out)) == 5  # the single run printed its line; it did not touch the sweep's file
+
+
+def test_summaries_follow_the_experiment_and_average_the_seeds():
+    experiments = tiny_experiments()
+    records = []
+    for variant, accuracies in (("permuted", (0.5, 0.25)), ("base", (0.75, 0.5))):
+        for seed, accuracy in enumerate(accuracies):
+            records.append({"experiment": "a", "variant": variant, "seed": seed, "test_acc": accuracy,
+                            "params": 10, "flops_per_image": 2e6, "train_images": 64, "img_per_s": 100.0 + seed})
+    summaries = E.summarise(records, "a", experiments)
+    assert [s.variant for s in summaries] == ["base", "permuted"]  # the experiment's order, not the file's
+    base = summaries[0]
+    assert base.seeds == (0, 1) and base.mean == 0.625 and base.spread == 0.25 and base.img_per_s == 100.5
+    table = E.markdown_table(summaries).splitlines()
+    assert len(table) == 4 and table[2].startswith("| `base` | 62.50% | 25.00 points | 2 | 10 | 2.0 | 64 |")
