@@ -35,8 +35,11 @@ def test_sdpa_matches_naive_softmax_attention(heads, context_dim):
 
 
 def test_heads_must_divide_width():
-    with pytest.raises(ValueError, match="not divisible by num_heads"):
+    with pytest.raises(ValueError, match="^qk_dim=60 is not divisible by num_heads=7;"):
         Attention(60, num_heads=7)
+    with pytest.raises(ValueError, match="^v_dim=6 is not divisible by num_heads=4;"):
+        Attention(16, num_heads=4, v_dim=6)
+    assert Attention(16).num_heads == 1  # one head unless asked
 
 
 def test_blocks_keep_latent_shape_and_cross_attention_reads_raw_channels():
@@ -55,8 +58,7 @@ def test_mlp_widening_and_dropout():
     assert default[0].out_features == 32 and default[2].in_features == 32  # hidden width 4 * dim
     torch.manual_seed(0)
     x = torch.randn(4, 16, 8)
-    default.train()
-    assert torch.equal(default(x), default(x))  # no dropout by default, even in training
+    assert torch.equal(default.train()(x), default.eval()(x))  # no dropout by default, even in training
     dropped = MLP(8, widening=2, dropout=0.5).train()
     assert dropped[0].out_features == 16
     out = dropped(x)
