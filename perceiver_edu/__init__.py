@@ -9,6 +9,7 @@ from .device import describe_device, pick_device, seed_everything
 from .attention_maps import AttentionRecord, collect_attention, to_grid
 from .scaling import AttentionWorkload, TensorMemoryTracker, attention_cost, measure, peak_memory, time_call
 from .data import CLASSES, CIFAR10Data, load_cifar10
+from .io import PerceiverIO, psnr, reconstruction_error, train_autoencoder
 
 # The trainer's names load on first use, not here: importing perceiver_edu.train with the package would
 # make `python -m perceiver_edu.train` warn that the module was already imported. `train` the function

@@ -12,7 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MODALITIES = ("image", "array")
 POSITION_ENCODINGS = ("fourier", "learned", "none")
-DECODERS = ("mean", "query")
+DECODERS = ("mean", "query", "none")  # "none": encoder only, no classifier (perceiver_edu.io decodes)
 WEIGHT_SHARING = ("paper", "after_first", "none")
 
 

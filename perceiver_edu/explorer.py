@@ -9,9 +9,11 @@ combination of one to three choices, held by `ipywidgets.Image` children of nest
 the browser, and the notebook's saved widget state carries the PNGs, so the published page switches
 pictures with no Python behind it.
 
-Both work with ipywidgets 7.7 (what Colab preinstalls) and 8. Only core widgets are used, so
-Colab's own front end renders them; no custom widget manager is needed. ipywidgets 7 has no
-`Stack`: there a static choice shows the same pictures in nested tabs, and says so.
+Both work with ipywidgets 7.7 (what Colab preinstalls, and keeps: the package accepts it) and 8.
+Colab needs no `enable_custom_widget_manager()`: only core widgets are used, which Colab's own
+widget manager renders (the custom one is for third-party widgets, and loads from a CDN).
+ipywidgets 7 has no `Stack`: there a static choice shows the same pictures in nested tabs, and
+says so.
 """
 from __future__ import annotations
 
@@ -34,16 +36,6 @@ STATIC_EXPLORER_CLASS = "perceiver-static-explorer"
 STATIC_CHOICE_CLASS = "perceiver-static-choice"
 HAS_STACK = hasattr(widgets, "Stack")  # ipywidgets 8 and later
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def enable_colab_widgets() -> bool:
-    """Does nothing and returns False; kept so that older copies of the chapters still run.
-
-    Not needed: only core ipywidgets are used, and Colab's own widget manager renders core
-    ipywidgets 7.7, the version Colab preinstalls and this package keeps (its custom widget manager
-    is for third-party widgets, and loads from a CDN).
-    """
-    return False
 
 
 def widget_bundle(widget, text: str, **kwargs) -> dict:

@@ -75,7 +75,7 @@ class Perceiver(nn.Module):
             for _ in range(max(self.cross_plan) + 1))
         self.latent_blocks = nn.ModuleList(LatentBlock(config) for _ in range(max(self.block_plan) + 1))
 
-        if config.decoder == "mean":
+        if config.decoder in ("mean", "none"):
             self.decoder_query = self.decoder_attention = None
         else:
             self.decoder_query = nn.Parameter(truncated_normal((1, config.latent_dim)))  # (1, D)
@@ -85,6 +85,8 @@ class Perceiver(nn.Module):
         # layer; the mean decoder keeps a LayerNorm on the pooled latents (a pre-LN tower's last norm).
         self.norm_out = nn.Identity() if config.decoder == "query" else nn.LayerNorm(config.latent_dim)
         self.classifier = nn.Linear(config.latent_dim, config.num_classes)
+        if config.decoder == "none":  # an encoder only: Perceiver IO (perceiver_edu.io) decodes encode()
+            self.norm_out = self.classifier = None
 
     # The input array -----------------------------------------------------------------------
     def input_array(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +174,9 @@ class Perceiver(nn.Module):
 
     def decode(self, latents: torch.Tensor, record: dict | None = None, return_attention: bool = False):
         """latents (B, N, D) -> logits (B, num_classes)."""
+        if self.classifier is None:
+            raise ValueError(f"Perceiver {self.config.name!r} has decoder='none': it has no classifier. "
+                             f"Use encode() for its latents, or build it with decoder='mean' or 'query'.")
         if self.decoder_attention is None:
             pooled = latents.mean(dim=1)  # (B, D): the paper's average over the latent index
         else:

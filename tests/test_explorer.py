@@ -4,7 +4,6 @@ on 7 a static choice has no Stack and must fall back to tabs, as designed.
 """
 import dataclasses
 import json
-import sys
 
 import matplotlib
 
@@ -237,24 +236,6 @@ def test_the_shipped_checkpoint_matches_its_recorded_sha256():
     model, info = load_pretrained("cpu-cifar10")
     assert model.config.name == "cpu" and info["history"][-1]["test_acc"] > 0.4
     assert PRETRAINED["cpu-cifar10"]["command"].startswith("python -m perceiver_edu.train")
-
-
-def test_colab_needs_no_custom_widget_manager(monkeypatch):
-    """Only core widgets are used, and Colab renders core ipywidgets 7.7 itself: nothing to enable."""
-    from types import ModuleType
-
-    from perceiver_edu.explorer import enable_colab_widgets
-
-    calls = []
-    colab, output = ModuleType("google.colab"), ModuleType("google.colab.output")
-    output.enable_custom_widget_manager = lambda: calls.append("enabled")
-    colab.output = output
-    google = ModuleType("google")
-    google.colab = colab
-    monkeypatch.setitem(sys.modules, "google", google)
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    monkeypatch.setitem(sys.modules, "google.colab.output", output)
-    assert enable_colab_widgets() is False and calls == []
 
 
 # The generic helper in a browser: no kernel, no network, all three kinds of control ---------------
