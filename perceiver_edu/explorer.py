@@ -20,7 +20,7 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ipywidgets as widgets
 import matplotlib
@@ -328,8 +328,8 @@ def _check_controls(controls) -> list[Control]:
     specs = [c if isinstance(c, Control) else Control(*c) for c in controls]
     if not 1 <= len(specs) <= 3:
         raise ValueError(f"a static choice takes 1 to 3 controls, got {len(specs)}")
+    specs = [replace(spec, labels=[str(label) for label in spec.labels]) for spec in specs]  # callers' stay as given
     for spec in specs:
-        spec.labels = [str(label) for label in spec.labels]
         if not spec.labels or len(set(spec.labels)) != len(spec.labels):
             raise ValueError(f"control {spec.name!r} needs distinct labels, at least one: {spec.labels}")
         if spec.kind not in PICKERS:
