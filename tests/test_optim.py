@@ -149,7 +149,7 @@ def test_lamb_without_weight_decay_given_takes_plain_adam_steps():
 
 def test_lamb_skips_parameters_without_gradients_and_returns_the_closure_loss():
     used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
-    optimizer = Lamb([used, unused], lr=0.1, weight_decay=0.1)
+    optimizer = Lamb([unused, used], lr=0.1, weight_decay=0.1)  # a gradient-less tensor first: skipped, not the end
     calls = []
 
     def closure():
