@@ -196,3 +196,22 @@ def test_summaries_follow_the_experiment_and_average_the_seeds():
     assert base.seeds == (0, 1) and base.mean == 0.625 and base.spread == 0.25 and base.img_per_s == 100.5
     table = E.markdown_table(summaries).splitlines()
     assert len(table) == 4 and table[2].startswith("| `base` | 62.50% | 25.00 points | 2 | 10 | 2.0 | 64 |")
+
+
+def test_two_workers_share_the_runs_and_give_the_same_numbers(tmp_path):
+    """--workers 2: every run once, each identity trained once, and the same accuracy as one process."""
+    make_fake_cifar(tmp_path / "data", rows=64)
+    env = {**os.environ, "PERCEIVER_EDU_DATA": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    quick = ["--only", "latents", "--only", "decoder", "--seeds", "1", "--train-images", "128",
+             "--test-subset", "48", "--threads", "1", "--no-progress"]
+    results = {}
+    for workers in (1, 2):
+        out = tmp_path / f"workers{workers}.jsonl"
+        done = subprocess.run([sys.executable, "-m", "perceiver_edu.experiments", *quick, "--workers", str(workers),
+                               "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        results[workers] = {(r["experiment"], r["variant"], r["seed"]): r for r in lines(out)}
+    assert len(results[2]) == len(lines(tmp_path / "workers2.jsonl")) == 7  # 5 latents + 2 decoders, no duplicates
+    assert {k: r["test_acc"] for k, r in results[2].items()} == {k: r["test_acc"] for k, r in results[1].items()}
+    shared = [r for r in results[2].values() if r["trained_as"]]
+    assert [(r["experiment"], r["variant"]) for r in shared] in ([("decoder", "mean")], [("latents", "32")])
