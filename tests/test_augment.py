@@ -174,6 +174,7 @@ def test_train_batches_are_fixed_by_the_generator_alone():
         return list(D.train_batches(images, labels, 64, torch.Generator().manual_seed(5)))
 
     first, second = epoch(1), epoch(2)
+    assert not any(torch.equal(_as_uint8(x), images[y]) for x, y in first)  # augmented by default
     for (x1, y1), (x2, y2) in zip(first, second):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     other = list(D.train_batches(images, labels, 64, torch.Generator().manual_seed(6)))
