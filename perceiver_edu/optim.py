@@ -30,36 +30,37 @@ class Lamb(torch.optim.Optimizer):
                              f"weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(p.grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1 ** state["step"])
-                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                trust = 1.0
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                    weight_norm, update_norm = p.norm(), update.norm()
-                    trust = torch.where((weight_norm > 0) & (update_norm > 0),
-                                        weight_norm / update_norm, torch.ones_like(weight_norm))
-                p.add_(update * trust, alpha=-group["lr"])
+        # A block, not the @torch.no_grad() decorator: mutmut (make mutation) skips decorated functions.
+        with torch.no_grad():
+            for group in self.param_groups:
+                beta1, beta2 = group["betas"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if not state:
+                        state["step"] = 0
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["step"] += 1
+                    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                    exp_avg.lerp_(p.grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    m_hat = exp_avg / (1 - beta1 ** state["step"])
+                    v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                    update = m_hat / (v_hat.sqrt() + group["eps"])
+                    trust = 1.0
+                    if group["weight_decay"]:
+                        update.add_(p, alpha=group["weight_decay"])
+                        weight_norm, update_norm = p.norm(), update.norm()
+                        trust = torch.where((weight_norm > 0) & (update_norm > 0),
+                                            weight_norm / update_norm, torch.ones_like(weight_norm))
+                    p.add_(update * trust, alpha=-group["lr"])
         return loss
 
 
