@@ -4,10 +4,11 @@ Live (`AttentionExplorer`): ipywidgets controls in Jupyter or Colab. Every chang
 into an `ipywidgets.Image`, so tests can drive the controls from Python and read the bytes.
 
 Static (`static_choice`, and `static_explorer` built on it): pictures precomputed for every
-combination of one to three choices, held by `ipywidgets.Image` children of nested `Stack`s whose
-`selected_index` is tied to a Dropdown, a slider or toggle buttons by `jslink`. The links run in
-the browser, and the notebook's saved widget state carries the PNGs, so the published page switches
-pictures with no Python behind it.
+combination of one to three choices, each an `<img>` with its alt text in an `ipywidgets.HTML`
+(an `ipywidgets.Image` renders with no alt attribute, which a screen reader cannot describe), held
+by nested `Stack`s whose `selected_index` is tied to a Dropdown, a slider or toggle buttons by
+`jslink`. The links run in the browser, and the notebook's saved widget state carries the PNGs, so
+the published page switches pictures with no Python behind it.
 
 Both work with ipywidgets 7.7 (what Colab preinstalls, and keeps: the package accepts it) and 8.
 Colab needs no `enable_custom_widget_manager()`: only core widgets are used, which Colab's own
@@ -17,6 +18,7 @@ says so.
 """
 from __future__ import annotations
 
+import base64
 import html
 import io
 from collections.abc import Mapping, Sequence
@@ -248,16 +250,17 @@ class StaticChoice:
     each picture; uses_stack: False where ipywidgets 7's tabs stand in for Stack and the pickers.
     """
 
-    def __init__(self, widget, controls, specs, root, stacks, links, png_sizes, uses_stack):
+    def __init__(self, widget, controls, specs, root, stacks, links, png_sizes, uses_stack, pngs=None, alts=None):
         self.widget, self.controls, self.specs, self.root = widget, controls, specs, root
         self.stacks, self.links, self.png_sizes, self.uses_stack = stacks, links, png_sizes, uses_stack
+        self.pngs, self.alts = pngs or {}, alts or {}  # by tuple of indices, one per control
 
     @property
     def payload_bytes(self) -> int:
         return sum(self.png_sizes)
 
     def page(self, *indices: int):
-        """The widget shown for one combination of choices: VBox([Image, caption?])."""
+        """The widget shown for one combination of choices: VBox([HTML with the <img>, caption?])."""
         if len(indices) != len(self.specs):
             raise ValueError(f"give one index per control ({len(self.specs)}), got {indices}")
         node = self.root
@@ -267,7 +270,13 @@ class StaticChoice:
 
     def picture(self, *indices: int) -> bytes:
         """PNG bytes shown for one combination of choices."""
-        return bytes(self.page(*indices).children[0].value)
+        self.page(*indices)  # checks the number of indices
+        return self.pngs[tuple(indices)]
+
+    def alt(self, *indices: int) -> str:
+        """The alt text of the picture shown for one combination of choices."""
+        self.page(*indices)
+        return self.alts[tuple(indices)]
 
     def describe(self) -> str:
         sizes = " x ".join(f"{len(spec.labels)} {spec.name}" for spec in self.specs)
@@ -337,8 +346,23 @@ def _check_controls(controls) -> list[Control]:
     return specs
 
 
+def picture_html(png: bytes, alt: str) -> str:
+    """An <img> holding `png` as a data URL, with its alt text (escaped), scaled down to fit."""
+    if not alt or not alt.strip():
+        raise ValueError("every picture needs an alt text that says what it shows")
+    source = base64.b64encode(png).decode("ascii")
+    return (f'<img src="data:image/png;base64,{source}" alt="{html.escape(alt.strip(), quote=True)}" '
+            f'style="max-width:100%;height:auto">')
+
+
+def _default_alt(path) -> str:
+    """An alt text from the choices that select a picture, when the caller gives none."""
+    choice = ", ".join(f"{spec.name} {label}" for spec, label in path)
+    return f"Precomputed picture for {choice}."
+
+
 def static_choice(pictures, controls, captions=None, header: str | None = None,
-                  css_class: str | None = None) -> StaticChoice:
+                  css_class: str | None = None, alts=None) -> StaticChoice:
     """Precomputed pictures, one per combination of choices, switched in the browser with no kernel.
 
     controls: 1 to 3 `Control`s, or (name, labels[, kind[, width]]) tuples, outermost first.
@@ -346,6 +370,8 @@ def static_choice(pictures, controls, captions=None, header: str | None = None,
     label, e.g. pictures[image][latent] for controls [("image", ...), ("latent", ...)]. A picture
     is PNG bytes, a matplotlib figure or an (H, W, 3) array in [0, 1]. captions: None, or nested
     like pictures, an HTML line under each picture. header: an HTML line above the pictures.
+    alts: the pictures' alt texts (plain text, one or two sentences saying what each shows), nested
+    like pictures; None names the choices ("Precomputed picture for image #4, latent 6.").
 
     ipywidgets 8: one picker per control; nested Stacks of pages; `jslink(picker.index,
     stack.selected_index)` for every stack of each depth, so the browser alone switches pages.
@@ -357,27 +383,33 @@ def static_choice(pictures, controls, captions=None, header: str | None = None,
     layout = widgets.Layout()
     caption_style = widgets.HTML.class_traits()["style"].klass()  # HTMLStyle (8), DescriptionStyle (7)
     sizes: list[int] = []
+    pngs, alt_texts = {}, {}
     stacks: list[list] = [[] for _ in specs]
 
-    def leaf(picture, caption, path):
+    def leaf(picture, caption, alt, path):
         png = _as_png(picture)
         sizes.append(len(png))
+        key = tuple(spec.labels.index(label) for spec, label in path)
+        pngs[key] = png
+        alt_texts[key] = str(alt) if alt is not None else _default_alt(path)
         lines = [] if HAS_STACK else ["; ".join(f"{spec.name}: {html.escape(label)}" for spec, label in path)]
         lines += [] if caption is None else [str(caption)]
-        children = [widgets.Image(value=png, format="png", layout=layout)]
+        children = [widgets.HTML(picture_html(png, alt_texts[key]), layout=layout, style=caption_style)]
         children += [widgets.HTML(" | ".join(lines), layout=layout, style=caption_style)] if lines else []
         return widgets.VBox(children, layout=layout)
 
-    def build(tree, caption_tree, depth, path):
+    def build(tree, caption_tree, alt_tree, depth, path):
         spec = specs[depth]
         where = "pictures" + "".join(f"[{label!r}]" for _, label in path)
         entries = _entries(tree, spec, where)
         notes = [None] * len(entries) if caption_tree is None else _entries(caption_tree, spec, "captions" + where[8:])
+        alt_list = [None] * len(entries) if alt_tree is None else _entries(alt_tree, spec, "alts" + where[8:])
         children = []
-        for label, entry, note in zip(spec.labels, entries, notes):
+        for label, entry, note, alt in zip(spec.labels, entries, notes, alt_list):
             step = path + [(spec, label)]
             last = depth == len(specs) - 1
-            children.append(leaf(entry, note, step) if last else build(entry, note, depth + 1, step))
+            children.append(leaf(entry, note, alt, step) if last
+                            else build(entry, note, alt, depth + 1, step))
         if HAS_STACK:
             container = widgets.Stack(children, selected_index=0, layout=layout)
         else:
@@ -387,7 +419,7 @@ def static_choice(pictures, controls, captions=None, header: str | None = None,
         stacks[depth].append(container)
         return container
 
-    root = build(pictures, captions, 0, [])
+    root = build(pictures, captions, alts, 0, [])
     rows = [] if header is None else [widgets.HTML(header)]
     if HAS_STACK:
         pickers = [_picker(spec, first=d == 0) for d, spec in enumerate(specs)]
@@ -402,7 +434,7 @@ def static_choice(pictures, controls, captions=None, header: str | None = None,
     for name in (STATIC_CHOICE_CLASS, css_class):
         if name:
             widget.add_class(name)  # how the browser tests find it on the page
-    return StaticChoice(widget, pickers, specs, root, stacks, links, sizes, HAS_STACK)
+    return StaticChoice(widget, pickers, specs, root, stacks, links, sizes, HAS_STACK, pngs, alt_texts)
 
 
 # Static attention explorer -------------------------------------------------------------------------
@@ -441,7 +473,7 @@ def static_explorer(record: AttentionRecord, latents, labels=None, classes=None,
     classes = list(classes) if classes is not None else [str(c) for c in range(probs.shape[-1])]
     image_ids = list(image_ids) if image_ids is not None else list(range(len(maps)))
     latents = [int(n) for n in latents]
-    options, pictures, captions = [], [], []
+    options, pictures, captions, alts = [], [], [], []
     for b in range(len(maps)):
         guess = int(probs[b].argmax())
         truth = "" if labels is None else f"{classes[int(labels[b])]}, "
@@ -449,9 +481,12 @@ def static_explorer(record: AttentionRecord, latents, labels=None, classes=None,
         pictures.append([attention_png(record.images[b], maps[b, n], scale) for n in latents])
         captions.append([f"latent {n}: peak {weights[b, n].max():.3f}, spread over "
                          f"{effective_pixels(weights[b, n]):.1f} of {weights.shape[-1]} cells" for n in latents])
+        shown = f"test image #{image_ids[b]}" + ("" if labels is None else f" ({classes[int(labels[b])]})")
+        alts.append([f"Three panels: {shown}, latent {n}'s attention map alone (bright where it "
+                     f"attends), and the map laid over the image." for n in latents])
     choice = static_choice(
         pictures, [Control("image", options, "dropdown", "420px"),
                    Control("latent", [f"latent {n}" for n in latents], "slider")],
         captions, header="image | attention map | map over the image (colours relative to each map's peak)",
-        css_class=STATIC_EXPLORER_CLASS)
+        css_class=STATIC_EXPLORER_CLASS, alts=alts)
     return StaticExplorer(choice)

@@ -19,8 +19,8 @@ from perceiver_edu import Perceiver, PerceiverConfig  # noqa: E402
 from perceiver_edu.assets import (PRETRAINED, ChecksumError, export_weights, load_pretrained,  # noqa: E402
                                   sha256_of, verified_path)
 from perceiver_edu.attention_maps import collect_attention  # noqa: E402
-from perceiver_edu.explorer import (AttentionExplorer, Control, attention_png, static_choice,  # noqa: E402
-                                    static_explorer)
+from perceiver_edu.explorer import (AttentionExplorer, Control, attention_png, picture_html,  # noqa: E402
+                                    static_choice, static_explorer)
 
 CLASSES = [f"class{i}" for i in range(10)]
 IPYWIDGETS_8 = int(widgets.__version__.split(".")[0]) >= 8
@@ -111,8 +111,12 @@ def test_static_explorer_is_small_and_linked(two_head_model):
     assert explorer._repr_mimebundle_()["text/plain"].startswith("StaticExplorer: 6 images x 8 latents, ")
     assert len(explorer.inner) == 6 and all(len(stack.children) == 8 for stack in explorer.inner)
     # the stored image is the one the pair (image, latent) asks for
-    shown = bytes(explorer.outer.children[4].children[3].children[0].value)
+    shown = explorer.choice.picture(4, 3)
     assert shown == attention_png(record.images[4], record.maps(1)[4, 1, latents[3]], 3)
+    # ... and the page shows exactly those bytes, in an <img> whose alt text names the image and latent
+    img = explorer.outer.children[4].children[3].children[0].value
+    assert img == picture_html(shown, explorer.choice.alt(4, 3))
+    assert 'alt="Three panels: test image #14 (class4), latent 20' in img
     state = dependency_state([explorer.widget], drop_defaults=True)
     assert len(json.dumps(state)) < 1_000_000  # the page embeds all of it: well under a few MB
     if not IPYWIDGETS_8:  # no Stack: tabs titled by the options, no pickers, and a note that says so
@@ -184,6 +188,35 @@ def test_static_choice_three_controls_links_every_stack_of_each_depth():
         assert choice.stacks[1][1].get_title(2) == "64" and choice.links == []
         assert "K: 8; mu: 64; view: kernel" in choice.page(1, 2, 1).children[1].value
         assert "no Stack widget" in choice.widget.children[0].value and "(tabs: ipywidgets 7)" in choice.describe()
+
+
+def test_every_static_picture_is_an_img_with_its_alt_text():
+    """An ipywidgets.Image renders as <img> with no alt attribute: screen readers get nothing."""
+    import base64
+    import re
+
+    pictures = [[solid_png(0.1), solid_png(0.2)], [solid_png(0.3), solid_png(0.4)]]
+    alts = [["dark grey square", "darker grey square"], ["mid grey square", 'a "quoted" <grey> square']]
+    choice = static_choice(pictures, [("row", ["a", "b"]), ("col", ["x", "y"])], alts=alts)
+    for i in range(2):
+        for j in range(2):
+            value = choice.page(i, j).children[0].value
+            found = re.fullmatch(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)" [^>]*>', value)
+            assert found, value
+            assert base64.b64decode(found.group(1)) == pictures[i][j] == choice.picture(i, j)
+            assert found.group(2) == html_escape(alts[i][j]) and choice.alt(i, j) == alts[i][j]
+    default = static_choice([solid_png(0.5)], [("latent", ["latent 6"])])
+    assert default.alt(0) == "Precomputed picture for latent latent 6." and 'alt="Precomputed' in \
+        default.page(0).children[0].value
+    with pytest.raises(ValueError, match="needs an alt text"):
+        static_choice([solid_png(0.5)], [("x", ["a"])], alts=["  "])
+    with pytest.raises(ValueError, match=r"alts has 1 entries, but control 'x' has 2 labels"):
+        static_choice([solid_png(0.5), solid_png(0.6)], [("x", ["a", "b"])], alts=["one"])
+
+
+def html_escape(text: str) -> str:
+    import html
+    return html.escape(text, quote=True)
 
 
 def test_static_choice_rejects_bad_input_with_clear_errors():
@@ -323,6 +356,8 @@ def test_static_choice_switches_pictures_in_a_browser_with_no_kernel(tmp_path):
             assert picture_now() == expected(1, 2, 1)
             page.locator("#choice select").select_option(index=0)  # the other choices stay as they were
             assert picture_now() == expected(0, 2, 1)
+            alts = page.evaluate("Array.from(document.querySelectorAll('#choice img')).map((img) => img.alt)")
+            assert alts and all(alt.startswith("Precomputed picture for K ") for alt in alts), alts
             browser.close()
     finally:
         server.shutdown()
