@@ -1,14 +1,17 @@
-"""Chapter 7's static attention explorer, in the built page, in headless Chromium: no kernel, no network.
+"""The chapters' static explorers in the built page, in headless Chromium: no kernel, no network.
 
-The test builds a one-page Jupyter Book in a temporary folder (the project's _config.yml and
-Sphinx extension, chapter 7 as stored in git, the vendored JavaScript from .vendor), serves it on
-127.0.0.1 and drives it with Playwright and Debian's Chromium (no browser download).
+Chapter 7's attention explorer and chapter 1's Fourier-band explorer. Each test builds a one-page
+Jupyter Book in a temporary folder (the project's _config.yml and Sphinx extension, the chapter as
+stored in the working tree, the glossary, a stand-in notation page and the references, the vendored
+JavaScript from .vendor), serves it on 127.0.0.1 and drives it with Playwright and Debian's
+Chromium (no browser download).
 
 Needs: the vendored JS (`make vendor`), Chromium at $PERCEIVER_EDU_CHROMIUM or /usr/bin/chromium
 (`apt-get install -y chromium`; `make test` installs both).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -24,48 +27,74 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "07_attention_maps.ipynb"
+FOURIER_CHAPTER = ROOT / "notebooks" / "01_fourier_features.ipynb"
 CHROMIUM = os.environ.get("PERCEIVER_EDU_CHROMIUM", "/usr/bin/chromium")
 VENDOR = Path(os.environ.get("PERCEIVER_EDU_VENDOR") or ROOT / ".vendor")
 EXPLORER = ".perceiver-static-explorer"
+FOURIER_EXPLORER = ".perceiver-fourier-explorer"
+# book/notation.md links to every chapter; a one-chapter book gets this stand-in with its label
+NOTATION_STUB = "(notation)=\n# Notation\n\nStand-in for book/notation.md in a one-chapter test book.\n"
 LOCAL_SCHEMES = ("data", "blob", "about")
 
 
-@pytest.fixture(scope="module")
-def chapter_site(tmp_path_factory) -> Path:
+def build_chapter_site(tmp_path_factory, chapter: Path) -> Path:
+    """Build a one-page book of `chapter` (plus glossary, notation stand-in, references); its HTML root."""
     if not (VENDOR / "static" / ".complete").is_file():
         pytest.fail(f"the offline JavaScript is not in {VENDOR}: run `make vendor` "
                     f"(or `python tools/vendor_assets.py`) first")
-    source = tmp_path_factory.mktemp("chapter7-book")
+    source = tmp_path_factory.mktemp(f"{chapter.stem}-book")
     shutil.copy(ROOT / "_config.yml", source)
     shutil.copytree(ROOT / "tools", source / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "book", source / "book")  # references.bib (named by _config.yml), references.md
+    shutil.copytree(ROOT / "book", source / "book")  # references.bib (named by _config.yml), glossary.md
+    (source / "book" / "notation.md").write_text(NOTATION_STUB)
     (source / "notebooks").mkdir()
-    shutil.copy(CHAPTER, source / "notebooks")
-    # the chapter cites papers, so the page with the {bibliography} directive comes along
-    (source / "_toc.yml").write_text("format: jb-book\nroot: notebooks/07_attention_maps\n"
-                                     "chapters:\n  - file: book/references\n")
+    shutil.copy(chapter, source / "notebooks")
+    # the chapter cites papers and links glossary terms and the notation page, so those pages come along
+    (source / "_toc.yml").write_text(f"format: jb-book\nroot: notebooks/{chapter.stem}\nchapters:\n"
+                                     "  - file: book/glossary\n  - file: book/notation\n"
+                                     "  - file: book/references\n")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
         [str(jupyter_book), "build", str(source), "--all", "-W", "-n", "--keep-going"],
         env={**os.environ, "PERCEIVER_EDU_VENDOR": str(VENDOR), "NO_COLOR": "1"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    page = source / "_build" / "html" / "notebooks" / "07_attention_maps.html"
+    page = source / "_build" / "html" / "notebooks" / f"{chapter.stem}.html"
     assert page.is_file(), sorted(p.name for p in (source / "_build" / "html").rglob("*.html"))
     return source / "_build" / "html"
 
 
-@pytest.fixture(scope="module")
-def server(chapter_site):
+@contextlib.contextmanager
+def serve(directory: Path):
+    """An HTTP server for `directory` on 127.0.0.1 (a free port); yields its base URL."""
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(chapter_site)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def chapter_site(tmp_path_factory) -> Path:
+    return build_chapter_site(tmp_path_factory, CHAPTER)
+
+
+@pytest.fixture(scope="module")
+def server(chapter_site):
+    with serve(chapter_site) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def fourier_server(tmp_path_factory):
+    with serve(build_chapter_site(tmp_path_factory, FOURIER_CHAPTER)) as url:
+        yield url
 
 
 def _is_local(url: str) -> bool:
@@ -99,16 +128,17 @@ SHA256_OF_URL_JS = """async (url) => {
 }"""
 
 
-def _shown_image(page, previous: str | None = None, what: str = "image") -> tuple[str, str]:
+def _shown_image(page, previous: str | None = None, what: str = "image",
+                 selector: str = EXPLORER) -> tuple[str, str]:
     """(src, sha256 of the bytes) of the one decoded image the explorer shows, once it is not `previous`."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        handle = page.wait_for_function(SETTLED_IMAGE_JS, arg=[EXPLORER, previous],
+        handle = page.wait_for_function(SETTLED_IMAGE_JS, arg=[selector, previous],
                                         timeout=WAIT_MS, polling=100)
     except PlaywrightTimeout:
         state = page.evaluate("""(selector) => Array.from(document.querySelector(selector).querySelectorAll('img'))
-            .map((img) => [img.getBoundingClientRect().width, img.complete, img.naturalWidth])""", EXPLORER)
+            .map((img) => [img.getBoundingClientRect().width, img.complete, img.naturalWidth])""", selector)
         pytest.fail(f"choosing another {what}: no single new decoded image within {WAIT_MS} ms "
                     f"(images: [width, complete, naturalWidth] = {state})")
     src = handle.json_value()
@@ -176,3 +206,91 @@ def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, t
     assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
     assert not errors, f"JavaScript errors on the page: {errors}"
     assert hashlib.sha256(shot.read_bytes()).hexdigest()  # the screenshot was written
+
+
+# The text of the one visible caption under the explorer's picture, once it contains `wanted`.
+CAPTION_JS = """([selector, wanted]) => {
+    const root = document.querySelector(selector);
+    if (!root) return null;
+    const shown = Array.from(root.querySelectorAll('.widget-html-content')).filter((node) => {
+        const box = node.getBoundingClientRect();
+        return box.width > 0 && box.height > 0 && node.textContent.includes(wanted);
+    });
+    return shown.length === 1 ? shown[0].textContent : null;
+}"""
+
+
+def _caption(page, selector: str, wanted: str) -> str:
+    """Wait until the visible caption of the explorer at `selector` contains `wanted`; return its text."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        return page.wait_for_function(CAPTION_JS, arg=[selector, wanted], timeout=WAIT_MS, polling=100).json_value()
+    except PlaywrightTimeout:
+        texts = page.evaluate("""(selector) => Array.from(document.querySelector(selector)
+            .querySelectorAll('.widget-html-content')).filter((n) => n.getBoundingClientRect().width > 0)
+            .map((n) => n.textContent)""", selector)
+        pytest.fail(f"no visible caption with {wanted!r} within {WAIT_MS} ms; visible: {texts}")
+
+
+def test_fourier_explorer_switches_pictures_with_no_kernel_and_no_network(fourier_server, tmp_path):
+    """Chapter 1: the K buttons and the mu slider switch the precomputed band pictures in the page."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium`, or set "
+                    f"PERCEIVER_EDU_CHROMIUM (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    requests, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+
+        def route(route_):
+            requests.append(route_.request.url)
+            return route_.continue_() if _is_local(route_.request.url) else route_.abort()
+
+        context.route("**/*", route)
+        page = context.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{fourier_server}/notebooks/01_fourier_features.html", wait_until="load")
+
+        explorer = page.locator(FOURIER_EXPLORER)
+        explorer.wait_for(state="visible", timeout=WAIT_MS)
+        assert explorer.count() == 1
+        explorer.scroll_into_view_if_needed()
+        first = _shown_image(page, what="picture", selector=FOURIER_EXPLORER)
+        assert "0 above the limit" in _caption(page, FOURIER_EXPLORER, "K = 2, \u03bc = 8:")
+
+        # K: toggle buttons; the last one is K = 16
+        buttons = explorer.locator("button")
+        assert buttons.count() == 4
+        buttons.nth(3).click()
+        second = _shown_image(page, first[0], "K", FOURIER_EXPLORER)
+        assert second[1] != first[1], "another K shows the same bytes"
+        assert "16 different bands" in _caption(page, FOURIER_EXPLORER, "K = 16, \u03bc = 8:")
+
+        # mu: the slider, moved with the keyboard from 8 to 32 (8, 16, 24, 31, 32)
+        handle = explorer.locator(".noUi-handle")
+        handle.focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")
+        caption = _caption(page, FOURIER_EXPLORER, "K = 16, \u03bc = 32:")
+        assert "1 above the limit 15.5" in caption and "15 different bands" in caption, caption
+        third = _shown_image(page, second[0], "mu", FOURIER_EXPLORER)
+        assert third[1] not in (first[1], second[1]), "another mu shows the same bytes"
+
+        shot = tmp_path / "chapter1_explorer.png"
+        explorer.screenshot(path=str(shot))
+        keep = os.environ.get("PERCEIVER_EDU_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+        browser.close()
+
+    assert requests, "no requests were recorded"
+    outside = sorted({url for url in requests if not _is_local(url)})
+    assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
+    assert not errors, f"JavaScript errors on the page: {errors}"
