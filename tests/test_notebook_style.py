@@ -55,7 +55,6 @@ NOT_YET_CONVERTED = {
     "04_latent_tower.ipynb",
     "05_perceiver.ipynb",
     "06_training.ipynb",
-    "07_attention_maps.ipynb",
     "08_scaling.ipynb",
 }
 
