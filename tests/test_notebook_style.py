@@ -48,7 +48,6 @@ MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 # Pages not yet converted to the rules above (file names of pages in _toc.yml).
 # Editors: remove your page when it complies.
 NOT_YET_CONVERTED = {
-    "05_perceiver.ipynb",
 }
 
 
