@@ -47,7 +47,7 @@ MARKDOWN_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 
 # Pages not yet converted to the rules above (file names of pages in _toc.yml).
 # Editors: remove your page when it complies.
-NOT_YET_CONVERTED: set[str] = set()  # empty: every page is converted
+NOT_YET_CONVERTED = set()  # empty: every page is converted
 
 
 def all_notebooks() -> list[Path]:
