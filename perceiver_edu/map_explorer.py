@@ -198,18 +198,24 @@ def pixel_picture(image, weights: torch.Tensor, pixel, grid, scale: int = 4) -> 
 
 
 def pixel_explorer(record: AttentionRecord, pixels, labels=None, classes=None, image_ids=None,
-                   cross_attend: int = 0, head: int = 0, scale: int = 3) -> StaticChoice:
-    """One picture per (image, pixel): see `pixel_picture`. pixels: (y, x) image coordinates."""
+                   cross_attend: int = 0, head: int = 0, scale: int = 3,
+                   which=None) -> StaticChoice:
+    """One picture per (image, pixel): see `pixel_picture`. pixels: (y, x) image coordinates.
+
+    which: the indices of the record's images to offer (default all); labels and image_ids, when
+    given, are indexed like the record.
+    """
     weights = record.cross[cross_attend][:, head]                      # (B, N, M)
     classes = list(classes) if classes is not None else None
     image_ids = list(image_ids) if image_ids is not None else list(range(len(weights)))
-    names = [f"#{image_ids[b]}" + ("" if labels is None or classes is None
-                                   else f" ({classes[int(labels[b])]})")
-             for b in range(len(weights))]
+    which = list(range(len(weights))) if which is None else [int(b) for b in which]
+    names = {b: f"#{image_ids[b]}" + ("" if labels is None or classes is None
+                                      else f" ({classes[int(labels[b])]})") for b in which}
     pixel_names = [f"(y {y}, x {x})" for y, x in pixels]
     flat = weights.shape[1] / weights.shape[-1]
     pictures, captions, alts = [], [], []
-    for b, name in enumerate(names):
+    for b in which:
+        name = names[b]
         pictures.append([compact_png(pixel_picture(record.images[b], weights[b], p, record.grid,
                                                    scale)) for p in pixels])
         row = []
@@ -224,7 +230,7 @@ def pixel_explorer(record: AttentionRecord, pixels, labels=None, classes=None, i
                      f"map of the latent that reads that pixel most, and a square grid of all "
                      f"latents, bright where a latent reads the pixel." for q in pixel_names])
     return static_choice(
-        pictures, [Control("image", names, "dropdown", "260px"),
+        pictures, [Control("image", [names[b] for b in which], "dropdown", "260px"),
                    Control("pixel", pixel_names, "slider", "420px")],
         captions, header="image and pixel | the top latent's map over the image | every latent's "
                          "share of the pixel (row-major, latent 0 top left)",

@@ -137,3 +137,10 @@ def test_pixel_explorer_captions_sum_the_column(record):
     if IPYWIDGETS_8:
         column = record.cross[0][1, 0, :, 10 * 16 + 8].sum()
         assert f"{column:.3f} units" in choice.page(1, 1).children[1].value
+
+
+def test_pixel_explorer_offers_the_chosen_images(record):
+    choice = pixel_explorer(record, [(20, 16)], labels=[1, 2, 3], classes=CLASSES,
+                            image_ids=[10, 11, 12], which=[2, 0])
+    assert list(choice.specs[0].labels) == ["#12 (class3)", "#10 (class1)"]
+    assert choice.picture(0, 0) == pixel_explorer(record, [(20, 16)], which=[2]).picture(0, 0)
