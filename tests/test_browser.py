@@ -1,10 +1,10 @@
 """The chapters' static explorers in the built page, in headless Chromium: no kernel, no network.
 
-Chapter 7's attention explorer and chapter 1's Fourier-band explorer. Each test builds a one-page
-Jupyter Book in a temporary folder (the project's _config.yml and Sphinx extension, the chapter as
-stored in the working tree, the glossary, a stand-in notation page and the references, the vendored
-JavaScript from .vendor), serves it on 127.0.0.1 and drives it with Playwright and Debian's
-Chromium (no browser download).
+Chapter 7's attention explorer, chapter 1's Fourier-band explorer and chapter 2's scaling explorer.
+Each test builds a one-page Jupyter Book in a temporary folder (the project's _config.yml and
+Sphinx extension, the chapter as stored in the working tree, the glossary, a stand-in notation page
+and the references, the vendored JavaScript from .vendor), serves it on 127.0.0.1 and drives it
+with Playwright and Debian's Chromium (no browser download).
 
 Needs: the vendored JS (`make vendor`), Chromium at $PERCEIVER_EDU_CHROMIUM or /usr/bin/chromium
 (`apt-get install -y chromium`; `make test` installs both).
@@ -294,3 +294,93 @@ def test_fourier_explorer_switches_pictures_with_no_kernel_and_no_network(fourie
     outside = sorted({url for url in requests if not _is_local(url)})
     assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+ATTENTION_CHAPTER = ROOT / "notebooks" / "02_attention.ipynb"
+SCALING_EXPLORER = ".perceiver-scaling-explorer"
+
+
+@pytest.fixture(scope="module")
+def attention_server(tmp_path_factory):
+    with serve(build_chapter_site(tmp_path_factory, ATTENTION_CHAPTER)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def offline_page(url: str):
+    """A Chromium page at `url` that may load nothing outside 127.0.0.1; yields the page.
+
+    On leaving: fails if the page asked for anything outside 127.0.0.1 or raised a JavaScript error.
+    """
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium`, or set "
+                    f"PERCEIVER_EDU_CHROMIUM (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    requests, errors = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+
+        def route(route_):
+            requests.append(route_.request.url)
+            return route_.continue_() if _is_local(route_.request.url) else route_.abort()
+
+        context.route("**/*", route)
+        page = context.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url, wait_until="load")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+    assert requests, "no requests were recorded"
+    outside = sorted({seen for seen in requests if not _is_local(seen)})
+    assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def test_attention_scaling_explorer_switches_pictures_with_no_kernel_and_no_network(
+        attention_server, tmp_path):
+    """Chapter 2: the scaled/unscaled buttons and the d slider switch the precomputed weight bars."""
+    with offline_page(f"{attention_server}/notebooks/02_attention.html") as page:
+        explorer = page.locator(SCALING_EXPLORER)
+        explorer.wait_for(state="visible", timeout=WAIT_MS)
+        assert explorer.count() == 1
+        explorer.scroll_into_view_if_needed()
+        first = _shown_image(page, what="picture", selector=SCALING_EXPLORER)
+        assert "largest weight 0.14" in _caption(page, SCALING_EXPLORER, "d = 4, scaled:")
+
+        # scores: toggle buttons, scaled then unscaled
+        buttons = explorer.locator("button")
+        assert buttons.count() == 2
+        buttons.nth(1).click()
+        second = _shown_image(page, first[0], "scores", SCALING_EXPLORER)
+        assert second[1] != first[1], "unscaled shows the same bytes as scaled"
+        assert "largest weight 0.28" in _caption(page, SCALING_EXPLORER, "d = 4, unscaled:")
+
+        # d: the slider, moved with the keyboard from 4 to 256 (4, 16, 64, 256)
+        explorer.locator(".noUi-handle").focus()
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        caption = _caption(page, SCALING_EXPLORER, "d = 256, unscaled:")
+        assert "largest weight 1.00" in caption and "entropy 0.00 nats" in caption, caption
+        third = _shown_image(page, second[0], "d", SCALING_EXPLORER)
+        assert third[1] not in (first[1], second[1]), "another d shows the same bytes"
+
+        buttons.nth(0).click()
+        assert "largest weight 0.23" in _caption(page, SCALING_EXPLORER, "d = 256, scaled:")
+        fourth = _shown_image(page, third[0], "scores", SCALING_EXPLORER)
+        assert fourth[1] not in (first[1], second[1], third[1]), "d = 256 scaled repeats a picture"
+
+        shot = tmp_path / "chapter2_explorer.png"
+        explorer.screenshot(path=str(shot))
+        keep = os.environ.get("PERCEIVER_EDU_SCREENSHOTS")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(keep) / shot.name)
+    assert shot.stat().st_size > 0
