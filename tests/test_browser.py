@@ -146,27 +146,7 @@ def _shown_image(page, previous: str | None = None, what: str = "image",
 
 
 def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, tmp_path):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium`, or set "
-                    f"PERCEIVER_EDU_CHROMIUM (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    requests, errors = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-
-        def route(route_):
-            requests.append(route_.request.url)
-            return route_.continue_() if _is_local(route_.request.url) else route_.abort()
-
-        context.route("**/*", route)
-        page = context.new_page()
-        page.on("request", lambda request: requests.append(request.url))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{server}/notebooks/07_attention_maps.html", wait_until="load")
+    with offline_page(f"{server}/notebooks/07_attention_maps.html") as page:
 
         explorer = page.locator(EXPLORER)
         explorer.wait_for(state="visible", timeout=60_000)
@@ -199,12 +179,7 @@ def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, t
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
             shutil.copy(tmp_path / "chapter7_page.png", Path(keep) / "chapter7_page.png")
-        browser.close()
 
-    assert requests, "no requests were recorded"
-    outside = sorted({url for url in requests if not _is_local(url)})
-    assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
-    assert not errors, f"JavaScript errors on the page: {errors}"
     assert hashlib.sha256(shot.read_bytes()).hexdigest()  # the screenshot was written
 
 
@@ -235,27 +210,7 @@ def _caption(page, selector: str, wanted: str) -> str:
 
 def test_fourier_explorer_switches_pictures_with_no_kernel_and_no_network(fourier_server, tmp_path):
     """Chapter 1: the K buttons and the mu slider switch the precomputed band pictures in the page."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: `apt-get install -y chromium`, or set "
-                    f"PERCEIVER_EDU_CHROMIUM (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    requests, errors = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-
-        def route(route_):
-            requests.append(route_.request.url)
-            return route_.continue_() if _is_local(route_.request.url) else route_.abort()
-
-        context.route("**/*", route)
-        page = context.new_page()
-        page.on("request", lambda request: requests.append(request.url))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(f"{fourier_server}/notebooks/01_fourier_features.html", wait_until="load")
+    with offline_page(f"{fourier_server}/notebooks/01_fourier_features.html") as page:
 
         explorer = page.locator(FOURIER_EXPLORER)
         explorer.wait_for(state="visible", timeout=WAIT_MS)
@@ -288,12 +243,6 @@ def test_fourier_explorer_switches_pictures_with_no_kernel_and_no_network(fourie
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
-        browser.close()
-
-    assert requests, "no requests were recorded"
-    outside = sorted({url for url in requests if not _is_local(url)})
-    assert not outside, f"the page asked for resources outside 127.0.0.1: {outside}"
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 ATTENTION_CHAPTER = ROOT / "notebooks" / "02_attention.ipynb"
