@@ -208,14 +208,19 @@ def _caption(page, selector: str, wanted: str) -> str:
         pytest.fail(f"no visible caption with {wanted!r} within {WAIT_MS} ms; visible: {texts}")
 
 
+def _the_explorer(page, selector: str):
+    """The page's one explorer at `selector`, once visible, scrolled into view."""
+    explorer = page.locator(selector)
+    explorer.wait_for(state="visible", timeout=WAIT_MS)
+    assert explorer.count() == 1
+    explorer.scroll_into_view_if_needed()
+    return explorer
+
+
 def test_fourier_explorer_switches_pictures_with_no_kernel_and_no_network(fourier_server, tmp_path):
     """Chapter 1: the K buttons and the mu slider switch the precomputed band pictures in the page."""
     with offline_page(f"{fourier_server}/notebooks/01_fourier_features.html") as page:
-
-        explorer = page.locator(FOURIER_EXPLORER)
-        explorer.wait_for(state="visible", timeout=WAIT_MS)
-        assert explorer.count() == 1
-        explorer.scroll_into_view_if_needed()
+        explorer = _the_explorer(page, FOURIER_EXPLORER)
         first = _shown_image(page, what="picture", selector=FOURIER_EXPLORER)
         assert "0 above the limit" in _caption(page, FOURIER_EXPLORER, "K = 2, \u03bc = 8:")
 
@@ -297,10 +302,7 @@ def test_attention_scaling_explorer_switches_pictures_with_no_kernel_and_no_netw
         attention_server, tmp_path):
     """Chapter 2: the scaled/unscaled buttons and the d slider switch the precomputed weight bars."""
     with offline_page(f"{attention_server}/notebooks/02_attention.html") as page:
-        explorer = page.locator(SCALING_EXPLORER)
-        explorer.wait_for(state="visible", timeout=WAIT_MS)
-        assert explorer.count() == 1
-        explorer.scroll_into_view_if_needed()
+        explorer = _the_explorer(page, SCALING_EXPLORER)
         first = _shown_image(page, what="picture", selector=SCALING_EXPLORER)
         assert "largest weight 0.14" in _caption(page, SCALING_EXPLORER, "d = 4, scaled:")
 
