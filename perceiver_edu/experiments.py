@@ -9,9 +9,11 @@ baseline) plus a training recipe (`TrainConfig`). Every variant is trained for s
 
 Why it is built like this:
 - Budgets count training images (`TrainConfig.train_images`), never seconds, and the thread count is
-  pinned (`--threads`, recorded), so a run on the CPU is deterministic: its command gives the same
-  test accuracy again. (Here, 1 and 2 threads give different weights after a few steps; 2 and 2
-  give the same bits.) Seconds and img/s are recorded beside the result, not used to decide it.
+  pinned (`--threads`, recorded), so a run on the CPU is deterministic: on the same machine its
+  command gives the same test accuracy again. (Here, 1 and 2 threads give different weights after a
+  few steps; 2 and 2 give the same bits.) Another processor may pick other kernels and end a few
+  tenths of a point away, so each line names its CPU (`cpu_model`). Seconds and img/s are recorded
+  beside the result, not used to decide it.
 - One thread per run, and `--workers 2` processes on two cores: measured here (training steps of
   the base model), 381 img/s on one thread against 353 on two threads that sleep while they wait
   (OMP_WAIT_POLICY=PASSIVE) and 96 on two threads that spin, while another process held a core.
@@ -233,7 +235,25 @@ def provenance() -> dict:
     changed = _git("status", "--porcelain", "--", ".")  # this package's folder only
     files = sorted(line[3:] for line in changed.splitlines()) if changed else []
     return {"git_commit": commit, "package_changes": files if changed is not None else None,
-            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux: /proc/cpuinfo; else what `platform` knows, or "unknown").
+
+    Recorded because the bits of a CPU run depend on it: MKL and torch pick their kernels (AVX2,
+    AVX-512, ...) by processor, and different kernels add in different orders. Measured here: one
+    command gave test accuracies 48.01% (recorded on an earlier machine), 47.75% (AMD EPYC, AVX-512)
+    and 46.84% (the same machine with ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2); on one machine and
+    kernel path, the same command gives the same bits every time."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def run_one(run: Run, data: CIFAR10Data, threads: int = DEFAULT_THREADS, checkpoint_dir=None,

@@ -117,6 +117,8 @@ def test_sweep_end_to_end_records_shares_and_skips(tmp_path):
         assert set(E.REQUIRED_KEYS) <= set(record), set(E.REQUIRED_KEYS) - set(record)
         assert 0 <= record["test_acc"] <= 1 and record["test_images"] == 64 and record["train_images"] == 64
         assert record["threads"] == 1 and record["data_source"] == "synthetic test data"
+        # the processor decides the kernels, and so the bits: every line names it
+        assert record["cpu"] == E.cpu_model() != "" and record["cpu_capability"]
         assert E.rebuild_parameter_count(record) == record["params"]
         assert record["command"].startswith(
             f"python -m perceiver_edu.experiments --only {record['experiment']} --variant {record['variant']} "
