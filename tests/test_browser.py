@@ -1,6 +1,7 @@
 """The chapters' static explorers in the built page, in headless Chromium: no kernel, no network.
 
-Chapter 7's attention explorer, chapter 1's Fourier-band explorer and chapter 2's scaling explorer.
+Chapter 7's attention, epoch and pixel explorers, chapter 1's Fourier-band explorer and chapter 2's
+scaling explorer.
 Each test builds a one-page Jupyter Book in a temporary folder (the project's _config.yml and
 Sphinx extension, the chapter as stored in the working tree, the glossary, a stand-in notation page
 and the references, the vendored JavaScript from .vendor), serves it on 127.0.0.1 and drives it
@@ -183,24 +184,28 @@ def test_static_explorer_switches_images_with_no_kernel_and_no_network(server, t
     assert hashlib.sha256(shot.read_bytes()).hexdigest()  # the screenshot was written
 
 
-# The text of the one visible caption under the explorer's picture, once it contains `wanted`.
-CAPTION_JS = """([selector, wanted]) => {
+# The text of the one visible caption under the explorer's picture, once it contains `wanted` and
+# is not `previous`.
+CAPTION_JS = """([selector, wanted, previous]) => {
     const root = document.querySelector(selector);
     if (!root) return null;
     const shown = Array.from(root.querySelectorAll('.widget-html-content')).filter((node) => {
         const box = node.getBoundingClientRect();
         return box.width > 0 && box.height > 0 && node.textContent.includes(wanted);
     });
-    return shown.length === 1 ? shown[0].textContent : null;
+    if (shown.length !== 1 || shown[0].textContent === previous) return null;
+    return shown[0].textContent;
 }"""
 
 
-def _caption(page, selector: str, wanted: str) -> str:
-    """Wait until the visible caption of the explorer at `selector` contains `wanted`; return its text."""
+def _caption(page, selector: str, wanted: str, previous: str | None = None) -> str:
+    """Wait until the visible caption of the explorer at `selector` contains `wanted` (and is not
+    `previous`); return its text."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     try:
-        return page.wait_for_function(CAPTION_JS, arg=[selector, wanted], timeout=WAIT_MS, polling=100).json_value()
+        return page.wait_for_function(CAPTION_JS, arg=[selector, wanted, previous], timeout=WAIT_MS,
+                                      polling=100).json_value()
     except PlaywrightTimeout:
         texts = page.evaluate("""(selector) => Array.from(document.querySelector(selector)
             .querySelectorAll('.widget-html-content')).filter((n) => n.getBoundingClientRect().width > 0)
@@ -335,3 +340,49 @@ def test_attention_scaling_explorer_switches_pictures_with_no_kernel_and_no_netw
             Path(keep).mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, Path(keep) / shot.name)
     assert shot.stat().st_size > 0
+
+
+def test_chapter7_softmax_toggle_epoch_slider_and_pixel_view_work_with_no_kernel(server, tmp_path):
+    """Chapter 7's other static controls: the weights/logits toggle, the epoch explorer (captions
+    read back from the stored map history) and the pixel -> latents view."""
+    from perceiver_edu.map_explorer import EPOCH_EXPLORER_CLASS, PIXEL_EXPLORER_CLASS
+    from perceiver_edu.map_history import DEFAULT_OUT, load_map_history
+
+    history = load_map_history(ROOT / DEFAULT_OUT)
+    epochs, pixels = f".{EPOCH_EXPLORER_CLASS}", f".{PIXEL_EXPLORER_CLASS}"
+    with offline_page(f"{server}/notebooks/07_attention_maps.html") as page:
+        # the weights / logits toggle of the first explorer
+        switch = _the_explorer(page, EXPLORER)
+        weights = _shown_image(page, what="picture")
+        buttons = switch.locator("button")
+        assert buttons.count() == 2
+        buttons.nth(1).click()
+        logits = _shown_image(page, weights[0], "view (before softmax)")
+        assert logits[1] != weights[1], "the logits show the same bytes as the weights"
+
+        # the epoch slider: from the first snapshot to the last, the captions the run recorded
+        explorer = _the_explorer(page, epochs)
+        first = _shown_image(page, what="picture", selector=epochs)
+        start = f"after {history.images_seen[0]:,} training images: test accuracy {history.test_acc[0]:.1%}"
+        _caption(page, epochs, start)
+        explorer.locator(".noUi-handle").focus()
+        for _ in range(len(history.epochs) - 1):
+            page.keyboard.press("ArrowRight")
+        end = f"after {history.images_seen[-1]:,} training images: test accuracy {history.test_acc[-1]:.1%}"
+        _caption(page, epochs, end)
+        last = _shown_image(page, first[0], "epoch", epochs)
+        assert last[1] != first[1], "the last epoch shows the same bytes as the first"
+
+        # the reverse view: another pixel, then another image
+        explorer = _the_explorer(page, pixels)
+        first = _shown_image(page, what="picture", selector=pixels)
+        first_caption = _caption(page, pixels, "units of attention here")
+        explorer.locator(".noUi-handle").focus()
+        page.keyboard.press("ArrowRight")
+        moved = _shown_image(page, first[0], "pixel", pixels)
+        assert moved[1] != first[1], "another pixel shows the same bytes"
+        _caption(page, pixels, "units of attention here", previous=first_caption)
+        select = explorer.locator("select")
+        select.select_option(index=select.locator("option").count() - 1)
+        other = _shown_image(page, moved[0], "image", pixels)
+        assert other[1] not in (first[1], moved[1]), "another image shows the same bytes"
