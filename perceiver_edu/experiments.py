@@ -11,8 +11,9 @@ Why it is built like this:
 - Budgets count training images (`TrainConfig.train_images`), never seconds, and the thread count is
   pinned (`--threads`, recorded), so a run on the CPU is deterministic: on the same machine its
   command gives the same test accuracy again. (Here, 1 and 2 threads give different weights after a
-  few steps; 2 and 2 give the same bits.) Another processor may pick other kernels and end a few
-  tenths of a point away, so each line names its CPU (`cpu_model`). Seconds and img/s are recorded
+  few steps; 2 and 2 give the same bits.) Another processor may pick other kernels and end up to
+  two points away (seen for 12 of 36 lines recorded in earlier sessions), so each line names its
+  CPU (`cpu_model`). Seconds and img/s are recorded
   beside the result, not used to decide it.
 - One thread per run, and `--workers 2` processes on two cores: measured here (training steps of
   the base model), 381 img/s on one thread against 353 on two threads that sleep while they wait
@@ -244,7 +245,7 @@ def cpu_model() -> str:
 
     Recorded because the bits of a CPU run depend on it: MKL and torch pick their kernels (AVX2,
     AVX-512, ...) by processor, and different kernels add in different orders. Measured here: one
-    command gave test accuracies 48.01% (recorded on an earlier machine), 47.75% (AMD EPYC, AVX-512)
+    command gave test accuracies 48.01% (recorded in an earlier session), 47.75% (AMD EPYC, AVX-512)
     and 46.84% (the same machine with ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2); on one machine and
     kernel path, the same command gives the same bits every time."""
     try:
